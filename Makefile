@@ -1,0 +1,29 @@
+# `make run` and `make test` set everything up on a fresh machine with Python 3.11.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/smsworker migrate
+	$(BIN)/smsworker run
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check smsworker tests
+	$(BIN)/ruff format --check smsworker tests
+	$(BIN)/mypy smsworker
+
+clean:
+	rm -rf $(VENV) .smsworker .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,287 @@
+"""The `smsworker` command line. It parses options, builds settings and hands off."""
+
+import re
+import signal
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from smsworker import __version__, db, queries
+from smsworker.embedded import embedded_database_url
+from smsworker.errors import SmsWorkerError
+from smsworker.logs import configure_logging, mask_phone_number
+from smsworker.metrics import Metrics
+from smsworker.sender import ConsoleSender, Sender, TwilioSender
+from smsworker.settings import (
+    BATCH_SIZE,
+    DEFAULT_EMBEDDED_DATA_DIR,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_TWILIO_API_BASE_URL,
+    LATE_ROW_WINDOW_S,
+    POLL_INTERVAL_S,
+    SEND_CONCURRENCY,
+    Settings,
+    TwilioSettings,
+)
+from smsworker.worker import Worker
+
+E164 = re.compile(r"\+[1-9]\d{1,14}")
+# The number `smsworker inbound` texts when --to is not given: a fictional
+# number in the 555-01xx range, reserved for examples.
+DEFAULT_BOT_NUMBER = "+12135550100"
+DEMO_ACCOUNT_SID = "AC" + "0" * 32
+
+
+database_url_option = click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    help="PostgreSQL connection URL [env: DATABASE_URL]. "
+    "Without it, an embedded PostgreSQL keeps its data under --data-dir.",
+)
+data_dir_option = click.option(
+    "--data-dir",
+    envvar="SMSWORKER_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_EMBEDDED_DATA_DIR,
+    show_default=True,
+    help="Folder of the embedded PostgreSQL, used when no database URL is set "
+    "[env: SMSWORKER_DATA_DIR].",
+)
+
+
+def resolve_database_url(database_url: str | None, data_dir: Path) -> str:
+    """Return the given URL, or start the embedded PostgreSQL and return its URL."""
+    if database_url:
+        return database_url
+    return embedded_database_url(data_dir)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="smsworker")
+@click.option(
+    "--log-level",
+    envvar="SMSWORKER_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Lowest level of log records written to stderr [env: SMSWORKER_LOG_LEVEL].",
+)
+def main(log_level: str) -> None:
+    """Run a shared to-do list over SMS from Twilio messages stored in PostgreSQL."""
+    configure_logging(log_level.upper())
+
+
+@main.command()
+@database_url_option
+@data_dir_option
+def migrate(database_url: str | None, data_dir: Path) -> None:
+    """Create or update smsworker's tables and attach its trigger.
+
+    Safe to run any number of times. Creates twilio.message when no syncer
+    has created it yet.
+    """
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        applied = db.migrate(url)
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"Schema is up to date ({len(applied)} files applied).")
+
+
+@main.command()
+@database_url_option
+@data_dir_option
+@click.option(
+    "--twilio-account-sid",
+    envvar="TWILIO_ACCOUNT_SID",
+    help="Twilio account SID [env: TWILIO_ACCOUNT_SID].",
+)
+@click.option(
+    "--twilio-auth-token",
+    envvar="TWILIO_AUTH_TOKEN",
+    help="Twilio auth token [env: TWILIO_AUTH_TOKEN].",
+)
+@click.option(
+    "--twilio-api-base-url",
+    envvar="TWILIO_API_BASE_URL",
+    default=DEFAULT_TWILIO_API_BASE_URL,
+    show_default=True,
+    help="Base URL of Twilio's REST API [env: TWILIO_API_BASE_URL].",
+)
+@click.option(
+    "--metrics-port",
+    envvar="SMSWORKER_METRICS_PORT",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_METRICS_PORT,
+    show_default=True,
+    help="TCP port of the Prometheus metrics endpoint; 0 disables it "
+    "[env: SMSWORKER_METRICS_PORT].",
+)
+@click.option(
+    "--metrics-address",
+    envvar="SMSWORKER_METRICS_ADDRESS",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address the metrics endpoint listens on [env: SMSWORKER_METRICS_ADDRESS].",
+)
+@click.option(
+    "--poll-interval",
+    envvar="SMSWORKER_POLL_INTERVAL",
+    type=click.FloatRange(min=0.1),
+    default=POLL_INTERVAL_S,
+    show_default=True,
+    help="Seconds between catch-up queries when no notification arrives.",
+)
+@click.option(
+    "--batch-size",
+    envvar="SMSWORKER_BATCH_SIZE",
+    type=click.IntRange(min=1),
+    default=BATCH_SIZE,
+    show_default=True,
+    help="Messages handled per transaction during catch-up.",
+)
+@click.option(
+    "--late-row-window",
+    envvar="SMSWORKER_LATE_ROW_WINDOW",
+    type=click.FloatRange(min=0),
+    default=LATE_ROW_WINDOW_S,
+    show_default=True,
+    help="Seconds before the cursor in which rows that arrive late are still handled.",
+)
+@click.option(
+    "--send-concurrency",
+    envvar="SMSWORKER_SEND_CONCURRENCY",
+    type=click.IntRange(min=1),
+    default=SEND_CONCURRENCY,
+    show_default=True,
+    help="Replies sent to Twilio at the same time.",
+)
+def run(
+    database_url: str | None,
+    data_dir: Path,
+    twilio_account_sid: str | None,
+    twilio_auth_token: str | None,
+    twilio_api_base_url: str,
+    metrics_port: int,
+    metrics_address: str,
+    poll_interval: float,
+    batch_size: int,
+    late_row_window: float,
+    send_concurrency: int,
+) -> None:
+    """Handle inbound messages until stopped with SIGTERM or Ctrl-C."""
+    if bool(twilio_account_sid) != bool(twilio_auth_token):
+        raise click.UsageError(
+            "set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither to print "
+            "replies to the console"
+        )
+    twilio = None
+    if twilio_account_sid and twilio_auth_token:
+        twilio = TwilioSettings(twilio_account_sid, twilio_auth_token, twilio_api_base_url)
+
+    metrics = Metrics()
+    if metrics_port:
+        try:
+            metrics.serve(metrics_port, metrics_address)
+        except OSError as error:
+            raise click.ClickException(
+                f"cannot serve metrics on {metrics_address}:{metrics_port}: "
+                f"{error.strerror}. Choose another --metrics-port, or 0 to disable it."
+            ) from error
+
+    try:
+        settings = Settings(
+            database_url=resolve_database_url(database_url, data_dir),
+            twilio=twilio,
+            metrics_port=metrics_port,
+            poll_interval_s=poll_interval,
+            batch_size=batch_size,
+            late_row_window_s=late_row_window,
+            send_concurrency=send_concurrency,
+        )
+        worker = Worker(settings, sender_factory=_sender_factory(twilio), metrics=metrics)
+        _stop_on_signals(worker.stop)
+        worker.run()
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _sender_factory(twilio: TwilioSettings | None) -> Callable[[], Sender]:
+    if twilio is None:
+        console = ConsoleSender(sys.stdout)
+        return lambda: console
+    return lambda: TwilioSender(twilio)
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        click.echo(f"Received {signal.Signals(signum).name}, stopping.", err=True)
+        stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+@main.command()
+@database_url_option
+@data_dir_option
+@click.option(
+    "--from",
+    "from_number",
+    required=True,
+    help="Sender's phone number, in E.164 form (+12135550101).",
+)
+@click.option(
+    "--to",
+    "to_number",
+    default=DEFAULT_BOT_NUMBER,
+    show_default=True,
+    help="The bot's number the message was sent to, in E.164 form.",
+)
+@click.argument("text", nargs=-1, required=True)
+def inbound(
+    database_url: str | None,
+    data_dir: Path,
+    from_number: str,
+    to_number: str,
+    text: tuple[str, ...],
+) -> None:
+    """Insert an inbound message into twilio.message, as the syncer would.
+
+    TEXT is the message body; several words are joined with spaces. Pass ""
+    for a message without text, like a picture.
+    """
+    for name, number in (("--from", from_number), ("--to", to_number)):
+        if not E164.fullmatch(number):
+            raise click.BadParameter(
+                f"{number!r} is not an E.164 phone number; write it like +12135550101",
+                param_hint=name,
+            )
+    body = " ".join(text)
+    message_id = "SM" + uuid.uuid4().hex
+    account_sid = DEMO_ACCOUNT_SID
+    date_created = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        with db.connect(url) as conn, db.database_errors():
+            conn.execute(
+                queries.INSERT_INBOUND,
+                {
+                    "id": message_id,
+                    "account_id": account_sid,
+                    "body": body,
+                    "date_created": date_created,
+                    "from": from_number,
+                    "to": to_number,
+                    "num_segments": 1,
+                    "uri": f"/2010-04-01/Accounts/{account_sid}/Messages/{message_id}.json",
+                },
+            )
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"Inserted inbound message {message_id} from {mask_phone_number(from_number)}.")

@@ -1,0 +1,160 @@
+"""Parsing of inbound texts into to-do list commands, and the reply texts.
+
+Everything here is pure: no database, no network, so it is tested on its own.
+"""
+
+import enum
+import re
+from dataclasses import dataclass
+
+# Twilio rejects outbound bodies longer than this (error 21617). Twilio counts
+# UTF-16 code units, so an emoji counts as two.
+MAX_REPLY_LENGTH = 1600
+# How much of an item's text the add and delete confirmations repeat.
+PREVIEW_LENGTH = 60
+
+# Twilio's reserved keywords. On long codes Twilio answers them itself and
+# blocks or unblocks the sender, so they are never list items.
+OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+OPT_IN_KEYWORDS = frozenset({"START", "UNSTOP", "YES"})
+HELP_KEYWORDS = frozenset({"HELP", "INFO"})
+
+HELP_TEXT = (
+    "Shared to-do list: text anything to add it, 1 or ls to see the list, del N to delete item N."
+)
+
+_DELETE = re.compile(r"del(?:\s+(?P<argument>.*))?", re.IGNORECASE | re.DOTALL)
+
+
+class Command(enum.StrEnum):
+    """What an inbound text asks for; the value is what logs and metrics show."""
+
+    ADD = "add"
+    LIST = "list"
+    DELETE = "delete"
+    HELP = "help"
+    OPT_OUT = "opt-out"
+    OPT_IN = "opt-in"
+    EMPTY = "empty"
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    """An inbound text read as a command.
+
+    `text` is the item to add for ADD; `position` is the item number for a
+    valid DELETE, and `error` the reply for an invalid one.
+    """
+
+    command: Command
+    text: str = ""
+    position: int | None = None
+    error: str | None = None
+
+
+def parse(body: str | None) -> ParsedMessage:
+    """Read an inbound message body as a command."""
+    text = (body or "").strip()
+    if not text:
+        return ParsedMessage(Command.EMPTY)
+
+    keyword = text.upper()
+    if keyword in OPT_OUT_KEYWORDS:
+        return ParsedMessage(Command.OPT_OUT)
+    if keyword in OPT_IN_KEYWORDS:
+        return ParsedMessage(Command.OPT_IN)
+    if keyword in HELP_KEYWORDS:
+        return ParsedMessage(Command.HELP)
+    if keyword in {"1", "LS"}:
+        return ParsedMessage(Command.LIST)
+
+    match = _DELETE.fullmatch(text)
+    if match:
+        return _parse_delete(match.group("argument"))
+
+    return ParsedMessage(Command.ADD, text=text)
+
+
+def _parse_delete(argument: str | None) -> ParsedMessage:
+    argument = (argument or "").strip()
+    if not argument:
+        return ParsedMessage(Command.DELETE, error="Say which item to delete, for example: del 2")
+    if not argument.isascii() or not argument.isdigit():
+        return ParsedMessage(
+            Command.DELETE,
+            error=f"{preview(argument)} is not an item number. "
+            "Send del and a number from the list, for example: del 2",
+        )
+    position = int(argument)
+    if position == 0:
+        return ParsedMessage(
+            Command.DELETE, error="Items are numbered from 1. Send ls to see them."
+        )
+    return ParsedMessage(Command.DELETE, position=position)
+
+
+def preview(text: str) -> str:
+    """Shorten text to PREVIEW_LENGTH characters for a confirmation."""
+    if len(text) <= PREVIEW_LENGTH:
+        return text
+    return text[: PREVIEW_LENGTH - 1].rstrip() + "…"
+
+
+def format_list(items: list[str]) -> str:
+    """Render the list as one `N. text` line per item, numbered from 1."""
+    if not items:
+        return "The list is empty. Text anything to add it."
+    return "\n".join(f"{number}. {text}" for number, text in enumerate(items, 1))
+
+
+def reply_length(text: str) -> int:
+    """Return the length Twilio counts: UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_reply(text: str, max_length: int = MAX_REPLY_LENGTH) -> list[str]:
+    """Split a reply into bodies Twilio accepts, at line boundaries.
+
+    A single line longer than the limit is cut at the last space that fits,
+    or between two characters when there is none; never inside a character.
+    """
+    parts: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        candidate = f"{current}\n{line}" if current else line
+        if reply_length(candidate) <= max_length:
+            current = candidate
+            continue
+        if current:
+            parts.append(current)
+        current = ""
+        for piece in _split_line(line, max_length):
+            if current:
+                parts.append(current)
+            current = piece
+    if current or not parts:
+        parts.append(current)
+    return parts
+
+
+def _split_line(line: str, max_length: int) -> list[str]:
+    pieces = []
+    while reply_length(line) > max_length:
+        cut = _longest_prefix(line, max_length)
+        space = line.rfind(" ", 0, cut)
+        if space > 0:
+            cut = space
+        pieces.append(line[:cut].rstrip())
+        line = line[cut:].lstrip()
+    pieces.append(line)
+    return pieces
+
+
+def _longest_prefix(line: str, max_length: int) -> int:
+    """Return how many characters of line fit in max_length UTF-16 code units."""
+    length = 0
+    for index, char in enumerate(line):
+        length += 2 if ord(char) > 0xFFFF else 1
+        if length > max_length:
+            return index
+    return len(line)

@@ -1,0 +1,123 @@
+"""Connections to PostgreSQL and the schema migrations.
+
+This module and `sender` are the only ones that talk to outside clients;
+psycopg's connection errors leave here as DatabaseUnavailable.
+"""
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from smsworker.errors import ConfigurationError, DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+NOTIFY_CHANNEL = "smsworker_message"
+CONNECT_TIMEOUT_S = 10
+# libpq keepalives: a peer that vanished without a reset is noticed within
+# about a minute instead of the kernel's default of hours.
+KEEPALIVE_OPTIONS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+# Serialises concurrent `smsworker migrate` runs against one database.
+MIGRATION_LOCK_KEY = 0x736D7377  # "smsw"
+
+Connection = psycopg.Connection[TupleRow]
+
+
+def connect(database_url: str, *, autocommit: bool = False) -> Connection:
+    """Open a connection, translating failure into DatabaseUnavailable."""
+    options: dict[str, int | str] = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": "smsworker",
+    }
+    if not _is_unix_socket(database_url):
+        options.update(KEEPALIVE_OPTIONS)
+    conninfo = psycopg.conninfo.make_conninfo(database_url, **options)
+    try:
+        return psycopg.connect(conninfo, autocommit=autocommit)
+    except psycopg.OperationalError as error:
+        raise DatabaseUnavailable(f"cannot connect to the database: {error}") from error
+
+
+def _is_unix_socket(database_url: str) -> bool:
+    host = psycopg.conninfo.conninfo_to_dict(database_url).get("host")
+    return isinstance(host, str) and host.startswith("/")
+
+
+def is_connection_lost(error: BaseException) -> bool:
+    """Tell whether an error means the connection is gone rather than a bad query."""
+    return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Translate psycopg's connection errors into DatabaseUnavailable."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+        raise DatabaseUnavailable(f"lost the database connection: {error}") from error
+
+
+def migration_files() -> list[Path]:
+    """Return the schema files in the order they are applied."""
+    return sorted(SQL_DIR.glob("[0-9]*.sql"))
+
+
+def migrate(database_url: str) -> list[str]:
+    """Apply every file under sql/ in order, in one transaction.
+
+    Every file is written to be idempotent, so running this again changes
+    nothing but re-attaching the trigger (which a syncer that recreated its
+    table would have lost). Returns the names of the files applied.
+    """
+    applied = []
+    with connect(database_url) as conn, database_errors():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
+        conn.execute("CREATE SCHEMA IF NOT EXISTS smsworker")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS smsworker.schema_migration ("
+            " name text PRIMARY KEY, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for path in migration_files():
+            sql = path.read_text(encoding="utf-8")
+            conn.execute(sql.encode("utf-8"))
+            conn.execute(
+                "INSERT INTO smsworker.schema_migration (name, checksum)"
+                " VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
+                " SET checksum = excluded.checksum, applied_at = now()",
+                [path.name, hashlib.sha256(sql.encode("utf-8")).hexdigest()],
+            )
+            applied.append(path.name)
+    logger.info("Applied %d schema files: %s.", len(applied), ", ".join(applied))
+    return applied
+
+
+def check_schema(database_url: str, cursor_name: str) -> None:
+    """Raise ConfigurationError unless `smsworker migrate` has run on this database."""
+    with connect(database_url, autocommit=True) as conn, database_errors():
+        row = conn.execute(
+            "SELECT to_regclass('smsworker.processor_cursor') IS NOT NULL"
+        ).fetchone()
+        if row is None or not row[0]:
+            raise ConfigurationError(
+                "the database has no smsworker tables; run `smsworker migrate` first"
+            )
+        row = conn.execute(
+            "SELECT 1 FROM smsworker.processor_cursor WHERE name = %s", [cursor_name]
+        ).fetchone()
+        if row is None:
+            raise ConfigurationError(
+                f"the database has no cursor named {cursor_name!r}; "
+                "run `smsworker migrate` to create it"
+            )

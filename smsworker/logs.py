@@ -1,0 +1,60 @@
+"""Logging set-up for the CLI, with phone numbers masked in every record."""
+
+import logging
+import re
+import sys
+
+# E.164 numbers, bare runs of 8 to 15 digits and North American numbers written
+# with separators. Digits inside ids (SM0123...) and dates do not match. The
+# last four digits stay visible so operators can tell senders apart.
+_PHONE_NUMBER = re.compile(
+    r"(?<![\w+])(?:\+?\d{8,15}|(?:\+?1[ .-]?)?\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4})(?!\w)"
+)
+
+
+def mask_phone_number(number: str | None) -> str:
+    """Return the number with every digit but the last four replaced by '*'."""
+    if not number:
+        return "<none>"
+    digits_seen = 0
+    masked = []
+    for char in reversed(number):
+        if char.isdigit():
+            digits_seen += 1
+            masked.append(char if digits_seen <= 4 else "*")
+        else:
+            masked.append(char)
+    return "".join(reversed(masked))
+
+
+def mask_phone_numbers(text: str) -> str:
+    """Mask every phone number found in free text."""
+    return _PHONE_NUMBER.sub(lambda match: mask_phone_number(match.group()), text)
+
+
+class PhoneNumberMaskingFilter(logging.Filter):
+    """Mask phone numbers in the formatted message of every record it sees."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_phone_numbers(message)
+        if masked != message:
+            record.msg = masked
+            record.args = None
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send smsworker's log records to stderr, one line each, numbers masked."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(PhoneNumberMaskingFilter())
+
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+    # The twilio library logs every request at INFO, numbers and bodies
+    # included; pgserver logs every command it runs.
+    logging.getLogger("twilio").setLevel(logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)

@@ -1,0 +1,85 @@
+"""Prometheus metrics, owned by one object so tests can build a fresh set."""
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+from smsworker import __version__
+
+
+class Metrics:
+    """The worker's metrics, registered in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.lag = Gauge(
+            "smsworker_lag_seconds",
+            "Age of the oldest inbound message not yet handled; 0 when caught up.",
+            registry=self.registry,
+        )
+        self.backlog = Gauge(
+            "smsworker_backlog_messages",
+            "Inbound messages after the cursor, waiting to be handled.",
+            registry=self.registry,
+        )
+        self.messages_handled = Counter(
+            "smsworker_messages_handled_total",
+            "Inbound messages handled, by command and outcome.",
+            ["command", "outcome"],
+            registry=self.registry,
+        )
+        self.handler_duration = Histogram(
+            "smsworker_handler_duration_seconds",
+            "Time spent applying one message's effects, commit excluded.",
+            registry=self.registry,
+        )
+        self.handler_retries = Counter(
+            "smsworker_handler_retries_total",
+            "Handler attempts that failed and were tried again.",
+            registry=self.registry,
+        )
+        self.replies = Counter(
+            "smsworker_replies_total",
+            "Replies that left the outbox, by outcome (sent or failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.reply_failures = Counter(
+            "smsworker_reply_failures_total",
+            "Replies Twilio rejected for good, by Twilio error code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.send_retries = Counter(
+            "smsworker_send_retries_total",
+            "Sends to Twilio that failed transiently and were tried again.",
+            registry=self.registry,
+        )
+        self.send_duration = Histogram(
+            "smsworker_send_duration_seconds",
+            "Time one request to Twilio's Messages API took.",
+            registry=self.registry,
+        )
+        self.reconnects = Counter(
+            "smsworker_reconnects_total",
+            "Times the worker reconnected to the database after losing it.",
+            registry=self.registry,
+        )
+        self.build_info = Gauge(
+            "smsworker_build_info",
+            "Always 1; the version label says which smsworker is running.",
+            ["version"],
+            registry=self.registry,
+        )
+        self.build_info.labels(version=__version__).set(1)
+
+    def serve(self, port: int, address: str) -> tuple[WSGIServer, threading.Thread]:
+        """Serve the metrics over HTTP in a background thread."""
+        return start_http_server(port, addr=address, registry=self.registry)

@@ -1,0 +1,236 @@
+"""Delivery of the replies queued in smsworker.outbox.
+
+Replies are committed to the outbox together with the message that caused
+them, and sent from here by a few threads, so a slow or failing Twilio never
+holds back list changes. A reply leaves the outbox as sent, or as failed with
+Twilio's error code when retrying cannot help. A crash after Twilio accepted a
+reply but before it was marked sent makes it go out again on restart: delivery
+is at least once.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
+
+from smsworker import db, queries
+from smsworker.errors import DatabaseUnavailable, PermanentSendError, TransientSendError
+from smsworker.logs import mask_phone_number
+from smsworker.metrics import Metrics
+from smsworker.sender import Sender
+
+logger = logging.getLogger(__name__)
+
+# Backoff between sends of one reply while Twilio fails transiently.
+SEND_RETRY_INITIAL_S = 1.0
+SEND_RETRY_MAX_S = 30.0
+# How long a reply rests in the outbox after a retry budget ran out.
+POSTPONE_S = 30.0
+# Upper bound on an idle sender's sleep, so replies whose next attempt falls
+# due are picked up without a wake-up.
+IDLE_WAIT_S = 1.0
+# Backoff after the sender's database connection failed.
+DATABASE_RETRY_S = 1.0
+
+
+class ReplyDelivery:
+    """A pool of threads that send pending replies until stopped."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        sender_factory: Callable[[], Sender],
+        metrics: Metrics,
+        concurrency: int,
+        retry_budget_s: float,
+        stop_event: threading.Event,
+    ) -> None:
+        self.database_url = database_url
+        self.sender_factory = sender_factory
+        self.metrics = metrics
+        self.concurrency = concurrency
+        self.retry_budget_s = retry_budget_s
+        self.stop_event = stop_event
+        self._wakeup = threading.Condition()
+        self._backoff = wait_exponential_jitter(
+            multiplier=SEND_RETRY_INITIAL_S, max=SEND_RETRY_MAX_S, jitter=SEND_RETRY_INITIAL_S
+        )
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for number in range(1, self.concurrency + 1):
+            thread = threading.Thread(
+                target=self._run, name=f"smsworker-sender-{number}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        """Tell idle senders that new replies were committed."""
+        with self._wakeup:
+            self._wakeup.notify_all()
+
+    def join(self, timeout_s: float | None = None) -> None:
+        """Wait for the senders to finish the reply in hand after a stop."""
+        self.wake()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def _run(self) -> None:
+        sender = self.sender_factory()
+        conn: db.Connection | None = None
+        while not self.stop_event.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = db.connect(self.database_url, autocommit=True)
+                with db.database_errors():
+                    sent = self._deliver_next(conn, sender)
+            except DatabaseUnavailable as error:
+                logger.warning("Reply sender lost the database, retrying: %s", error)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self.stop_event.wait(DATABASE_RETRY_S)
+                continue
+            if not sent:
+                with self._wakeup:
+                    self._wakeup.wait(IDLE_WAIT_S)
+        if conn is not None:
+            conn.close()
+
+    def _deliver_next(self, conn: db.Connection, sender: Sender) -> bool:
+        """Send the next due reply; return False when there is none."""
+        with conn.transaction():
+            row = conn.execute(queries.CLAIM_REPLY).fetchone()
+            if row is None:
+                return False
+            reply_id, message_id, part, to_number, from_number, body = row
+            attempts = 0
+
+            def send() -> str:
+                nonlocal attempts
+                attempts += 1
+                started = time.monotonic()
+                try:
+                    return sender.send(to=to_number, from_=from_number, body=body)
+                finally:
+                    self.metrics.send_duration.observe(time.monotonic() - started)
+
+            try:
+                sid = self._retrying()(send)
+            except PermanentSendError as error:
+                self._record_failure(conn, reply_id, message_id, to_number, attempts, error)
+            except TransientSendError as error:
+                self._postpone(conn, reply_id, message_id, attempts, error)
+            else:
+                conn.execute(
+                    queries.MARK_REPLY_SENT,
+                    {"id": reply_id, "twilio_sid": sid, "attempts": attempts},
+                )
+                self.metrics.replies.labels(outcome="sent").inc()
+                logger.info(
+                    "Sent reply %s part %d to %s as %s.",
+                    message_id,
+                    part,
+                    mask_phone_number(to_number),
+                    sid,
+                )
+        return True
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep between retries, waking at once when the worker is stopped."""
+        self.stop_event.wait(seconds)
+
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception_type(TransientSendError),
+            wait=self._wait,
+            stop=stop_after_delay(self.retry_budget_s) | stop_when_event_set(self.stop_event),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+    def _wait(self, retry_state: RetryCallState) -> float:
+        """Wait as Twilio's Retry-After says, else back off exponentially with jitter."""
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, TransientSendError) and error.retry_after_s is not None:
+            return min(error.retry_after_s, self.retry_budget_s)
+        return float(self._backoff(retry_state))
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        self.metrics.send_retries.inc()
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        sleep_s = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        logger.warning(
+            "Sending a reply failed (attempt %d), retrying in %.1f s: %s",
+            retry_state.attempt_number,
+            sleep_s,
+            error,
+        )
+
+    def _record_failure(
+        self,
+        conn: db.Connection,
+        reply_id: int,
+        message_id: str,
+        to_number: str,
+        attempts: int,
+        error: PermanentSendError,
+    ) -> None:
+        conn.execute(
+            queries.MARK_REPLY_FAILED,
+            {
+                "id": reply_id,
+                "error_code": error.code,
+                "error_message": str(error),
+                "attempts": attempts,
+            },
+        )
+        self.metrics.replies.labels(outcome="failed").inc()
+        self.metrics.reply_failures.labels(code=str(error.code)).inc()
+        logger.error(
+            "Giving up on the reply to message %s for %s: %s",
+            message_id,
+            mask_phone_number(to_number),
+            error,
+        )
+
+    def _postpone(
+        self,
+        conn: db.Connection,
+        reply_id: int,
+        message_id: str,
+        attempts: int,
+        error: TransientSendError,
+    ) -> None:
+        delay_s = 0.0 if self.stop_event.is_set() else POSTPONE_S
+        conn.execute(
+            queries.POSTPONE_REPLY,
+            {
+                "id": reply_id,
+                "attempts": attempts,
+                "error_code": error.code,
+                "error_message": str(error),
+                "delay_s": delay_s,
+            },
+        )
+        logger.warning(
+            "Reply to message %s still failing after %d attempts, next try in %.0f s: %s",
+            message_id,
+            attempts,
+            delay_s,
+            error,
+        )

@@ -1,0 +1,191 @@
+"""Every SQL statement the worker runs, each named and with its purpose.
+
+Timestamps in twilio.message are UTC without a time zone. Queries compare
+them with each other or with naive UTC values only, so the session's time
+zone never changes which rows are found.
+"""
+
+# The inbound rows after the cursor, oldest first: the catch-up query.
+FETCH_AFTER_CURSOR = """
+SELECT m.id, m.date_created, m.body, m."from", m."to"
+FROM smsworker.processor_cursor AS c
+JOIN twilio.message AS m
+  ON (m.date_created, m.id) > (c.date_created, c.message_id)
+WHERE c.name = %(cursor)s
+  AND m.direction = 'inbound'
+  AND m.deleted IS NOT TRUE
+ORDER BY m.date_created, m.id
+LIMIT %(limit)s
+"""
+
+# Unhandled inbound rows at or before the cursor that arrived late: older
+# than rows already handled, but inside the late-row window and after the
+# floor (the messages that were there when smsworker was installed).
+FETCH_LATE_ROWS = """
+SELECT m.id, m.date_created, m.body, m."from", m."to"
+FROM smsworker.processor_cursor AS c
+JOIN twilio.message AS m
+  ON (m.date_created, m.id) <= (c.date_created, c.message_id)
+ AND (m.date_created, m.id) > (c.floor_date_created, c.floor_message_id)
+ AND m.date_created >= c.date_created - make_interval(secs => %(window_s)s)
+WHERE c.name = %(cursor)s
+  AND m.direction = 'inbound'
+  AND m.deleted IS NOT TRUE
+  AND NOT EXISTS (
+      SELECT 1 FROM smsworker.handled_message AS h WHERE h.message_id = m.id
+  )
+ORDER BY m.date_created, m.id
+LIMIT %(limit)s
+"""
+
+# Unhandled inbound rows among the ids named by notifications.
+FETCH_UNHANDLED_BY_ID = """
+SELECT m.id, m.date_created, m.body, m."from", m."to"
+FROM smsworker.processor_cursor AS c
+JOIN twilio.message AS m
+  ON (m.date_created, m.id) > (c.floor_date_created, c.floor_message_id)
+WHERE c.name = %(cursor)s
+  AND m.id = ANY(%(ids)s)
+  AND m.direction = 'inbound'
+  AND m.deleted IS NOT TRUE
+  AND NOT EXISTS (
+      SELECT 1 FROM smsworker.handled_message AS h WHERE h.message_id = m.id
+  )
+ORDER BY m.date_created, m.id
+LIMIT %(limit)s
+"""
+
+# Claim a message for handling. No row comes back when it was handled before:
+# this primary key is what makes each message's effects apply once.
+CLAIM_MESSAGE = """
+INSERT INTO smsworker.handled_message (message_id, date_created, command, outcome)
+VALUES (%(message_id)s, %(date_created)s, %(command)s, 'pending')
+ON CONFLICT (message_id) DO NOTHING
+RETURNING message_id
+"""
+
+# Record how handling a claimed message ended.
+RECORD_OUTCOME = """
+UPDATE smsworker.handled_message
+SET outcome = %(outcome)s, error = %(error)s, attempts = %(attempts)s
+WHERE message_id = %(message_id)s
+"""
+
+# Record a message whose handler kept failing, so it is not retried forever.
+RECORD_FAILURE = """
+INSERT INTO smsworker.handled_message
+    (message_id, date_created, command, outcome, error, attempts)
+VALUES (%(message_id)s, %(date_created)s, %(command)s, 'failed', %(error)s, %(attempts)s)
+ON CONFLICT (message_id) DO NOTHING
+"""
+
+# Move the cursor forward; it never moves back, whatever order rows come in.
+ADVANCE_CURSOR = """
+UPDATE smsworker.processor_cursor
+SET date_created = %(date_created)s, message_id = %(message_id)s, updated_at = now()
+WHERE name = %(cursor)s
+  AND (date_created, message_id) < (%(date_created)s, %(message_id)s)
+"""
+
+# The cursor position as text, for logs ('-infinity' before the first message).
+SHOW_CURSOR = """
+SELECT date_created::text, message_id
+FROM smsworker.processor_cursor WHERE name = %(cursor)s
+"""
+
+# Lag (age in seconds of the oldest unhandled message after the cursor) and
+# backlog (how many there are).
+BACKLOG = """
+SELECT count(*),
+       coalesce(extract(epoch FROM (now() AT TIME ZONE 'UTC') - min(m.date_created)), 0)
+FROM smsworker.processor_cursor AS c
+JOIN twilio.message AS m
+  ON (m.date_created, m.id) > (c.date_created, c.message_id)
+WHERE c.name = %(cursor)s
+  AND m.direction = 'inbound'
+  AND m.deleted IS NOT TRUE
+"""
+
+# The list, in the order items were added.
+LIST_ITEMS = """
+SELECT id, body FROM smsworker.list_item ORDER BY id
+"""
+
+ADD_ITEM = """
+INSERT INTO smsworker.list_item (message_id, body) VALUES (%(message_id)s, %(body)s)
+"""
+
+COUNT_ITEMS = """
+SELECT count(*) FROM smsworker.list_item
+"""
+
+# Delete the item at a 1-based position in the list's order.
+DELETE_ITEM_AT = """
+DELETE FROM smsworker.list_item
+WHERE id = (SELECT id FROM smsworker.list_item ORDER BY id OFFSET %(offset)s LIMIT 1)
+RETURNING body
+"""
+
+QUEUE_REPLY = """
+INSERT INTO smsworker.outbox (message_id, part, to_number, from_number, body)
+VALUES (%(message_id)s, %(part)s, %(to_number)s, %(from_number)s, %(body)s)
+"""
+
+# Take the oldest reply that is due, skipping rows another sender holds. A
+# later part of a split reply waits until the earlier parts have left, so the
+# parts go out in order.
+CLAIM_REPLY = """
+SELECT o.id, o.message_id, o.part, o.to_number, o.from_number, o.body
+FROM smsworker.outbox AS o
+WHERE o.status = 'pending' AND o.next_attempt_at <= now()
+  AND NOT EXISTS (
+      SELECT 1 FROM smsworker.outbox AS earlier
+      WHERE earlier.message_id = o.message_id
+        AND earlier.part < o.part
+        AND earlier.status = 'pending'
+  )
+ORDER BY o.next_attempt_at, o.id
+LIMIT 1
+FOR UPDATE SKIP LOCKED
+"""
+
+MARK_REPLY_SENT = """
+UPDATE smsworker.outbox
+SET status = 'sent', twilio_sid = %(twilio_sid)s, attempts = attempts + %(attempts)s,
+    finished_at = now()
+WHERE id = %(id)s
+"""
+
+MARK_REPLY_FAILED = """
+UPDATE smsworker.outbox
+SET status = 'failed', error_code = %(error_code)s, error_message = %(error_message)s,
+    attempts = attempts + %(attempts)s, finished_at = now()
+WHERE id = %(id)s
+"""
+
+# Put a reply back for later after a run of transient failures.
+POSTPONE_REPLY = """
+UPDATE smsworker.outbox
+SET attempts = attempts + %(attempts)s, error_code = %(error_code)s,
+    error_message = %(error_message)s,
+    next_attempt_at = now() + make_interval(secs => %(delay_s)s)
+WHERE id = %(id)s
+"""
+
+# Seconds until the next pending reply is due, or null when there is none.
+NEXT_REPLY_DUE = """
+SELECT greatest(extract(epoch FROM min(next_attempt_at) - now()), 0)
+FROM smsworker.outbox WHERE status = 'pending'
+"""
+
+INSERT_INBOUND = """
+INSERT INTO twilio.message (
+    id, account_id, api_version, body, date_created, date_sent, date_updated,
+    deleted, direction, error_code, error_message, "from", messaging_service_id,
+    num_media, num_segments, price, price_unit, status, "to", uri
+) VALUES (
+    %(id)s, %(account_id)s, '2010-04-01', %(body)s, %(date_created)s,
+    %(date_created)s, %(date_created)s, false, 'inbound', NULL, NULL, %(from)s,
+    NULL, 0, %(num_segments)s, NULL, 'USD', 'received', %(to)s, %(uri)s
+)
+"""
