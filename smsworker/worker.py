@@ -147,7 +147,8 @@ class Worker:
             self._catch_up(conn)
             next_poll = time.monotonic() + settings.poll_interval_s
             while not self.stop_event.is_set():
-                ids = self._wait_for_notifications(listener, next_poll)
+                timeout = min(WAIT_SLICE_S, max(0.0, next_poll - time.monotonic()))
+                ids = self._wait_for_notifications(listener, timeout)
                 if ids:
                     self._handle_notified(conn, ids)
                 if time.monotonic() >= next_poll:
@@ -167,19 +168,12 @@ class Worker:
             self.sender_description,
         )
 
-    def _wait_for_notifications(self, listener: db.Connection, until: float) -> list[str]:
-        """Wait for notifications until `until` or a stop; return the ids they name."""
-        ids: list[str] = []
-        while not ids and not self.stop_event.is_set():
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                break
-            timeout = min(WAIT_SLICE_S, remaining)
-            for notification in listener.notifies(timeout=timeout, stop_after=1):
-                ids.append(notification.payload)
-        # Take whatever else is already queued without waiting.
-        for notification in listener.notifies(timeout=0):
-            ids.append(notification.payload)
+    def _wait_for_notifications(self, listener: db.Connection, timeout: float) -> list[str]:
+        """Wait up to `timeout` seconds for notifications; return the ids they name."""
+        ids = [n.payload for n in listener.notifies(timeout=timeout, stop_after=1)]
+        if ids:
+            # Take whatever else is already queued without waiting.
+            ids.extend(n.payload for n in listener.notifies(timeout=0))
         return ids
 
     def _catch_up(self, conn: db.Connection) -> None:

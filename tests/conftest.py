@@ -2,6 +2,7 @@
 database per test copied from a migrated template, the fake Twilio API, and a
 worker running in a thread."""
 
+import itertools
 import os
 import tempfile
 import threading
@@ -101,6 +102,17 @@ def fake_twilio() -> Iterator[FakeTwilio]:
         yield fake
 
 
+# Rows inserted without an explicit date_created get consecutive seconds from
+# an hour ago, so tests that add several items know the order they are handled
+# in. Real rows of one second are ordered by their random ids.
+_next_second = itertools.count()
+_CLOCK_START = utc_now() - timedelta(hours=1)
+
+
+def next_date_created() -> datetime:
+    return _CLOCK_START + timedelta(seconds=next(_next_second))
+
+
 def new_message_id() -> str:
     return "SM" + uuid.uuid4().hex
 
@@ -117,7 +129,7 @@ def insert_inbound(
 ) -> str:
     """Insert a row shaped like the syncer's and return its id."""
     message_id = message_id or new_message_id()
-    created = date_created or utc_now()
+    created = date_created or next_date_created()
     conn.execute(
         """
         INSERT INTO twilio.message (
@@ -230,3 +242,18 @@ def start_worker(make_settings: Callable[..., Settings]) -> Iterator[Callable[..
     yield start
     for worker in running:
         worker.stop()
+
+
+def pending_replies(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM smsworker.outbox WHERE status = 'pending'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wait_until_handled(conn: psycopg.Connection[Any], count: int, timeout: float = 15.0) -> None:
+    """Wait until `count` messages are handled and no reply is waiting to be sent."""
+    wait_until(
+        lambda: handled_count(conn) >= count and pending_replies(conn) == 0,
+        timeout=timeout,
+        message=f"{count} handled messages and an empty outbox",
+    )

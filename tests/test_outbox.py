@@ -1,0 +1,98 @@
+"""Reply delivery through the real twilio library to the fake Twilio API."""
+
+from typing import Any
+
+import psycopg
+
+from tests.conftest import ALICE, insert_inbound, pending_replies, wait_until, wait_until_handled
+from tests.fake_twilio import FakeTwilio
+
+
+def outbox_rows(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT status, attempts, error_code, twilio_sid FROM smsworker.outbox ORDER BY id"
+    ).fetchall()
+
+
+def test_reply_retried_after_server_errors(conn, start_worker, fake_twilio: FakeTwilio):
+    fake_twilio.fail_next(2, status=503)
+    start_worker()
+    insert_inbound(conn, "milk")
+    wait_until_handled(conn, 1)
+
+    [sent] = fake_twilio.messages
+    assert sent.body == "Added 1. milk"
+    assert fake_twilio.requests_count == 3
+    assert outbox_rows(conn) == [("sent", 3, None, sent.sid)]
+
+
+def test_reply_honours_retry_after(conn, start_worker, fake_twilio: FakeTwilio):
+    fake_twilio.fail_next(1, status=429, code=20429, retry_after=1)
+    start_worker()
+    insert_inbound(conn, "milk")
+    wait_until_handled(conn, 1)
+
+    assert len(fake_twilio.messages) == 1
+    assert outbox_rows(conn)[0][:2] == ("sent", 2)
+
+
+def test_opted_out_recipient_fails_without_retry(conn, start_worker, fake_twilio: FakeTwilio):
+    fake_twilio.opted_out.add(ALICE)
+    start_worker()
+    insert_inbound(conn, "milk")
+    wait_until_handled(conn, 1)
+
+    assert fake_twilio.messages == []
+    assert fake_twilio.requests_count == 1
+    assert outbox_rows(conn) == [("failed", 1, 21610, None)]
+
+
+def test_invalid_number_fails_without_retry(conn, start_worker, fake_twilio: FakeTwilio):
+    start_worker()
+    insert_inbound(conn, "milk", from_number="+1")
+    wait_until_handled(conn, 1)
+
+    assert fake_twilio.requests_count == 1
+    assert outbox_rows(conn) == [("failed", 1, 21211, None)]
+
+
+def test_failed_reply_does_not_block_others(conn, start_worker, fake_twilio: FakeTwilio):
+    fake_twilio.opted_out.add(ALICE)
+    start_worker()
+    insert_inbound(conn, "from alice")
+    insert_inbound(conn, "from bob", from_number="+12135550102")
+    wait_until_handled(conn, 2)
+
+    assert [message.body for message in fake_twilio.messages] == ["Added 2. from bob"]
+
+
+def test_reply_survives_outage_and_restart(conn, start_worker, fake_twilio: FakeTwilio):
+    fake_twilio.fail_next(10_000, status=500)
+    worker = start_worker(send_retry_budget_s=60.0)
+    insert_inbound(conn, "milk")
+    wait_until(lambda: fake_twilio.requests_count >= 2, message="two failed attempts to send")
+    worker.stop()
+    assert pending_replies(conn) == 1
+
+    fake_twilio.clear()
+    start_worker()
+    wait_until_handled(conn, 1)
+
+    assert [message.body for message in fake_twilio.messages] == ["Added 1. milk"]
+    status, attempts, _, _ = outbox_rows(conn)[0]
+    assert status == "sent"
+    assert attempts >= 3
+
+
+def test_list_changes_not_held_back_by_twilio(conn, start_worker, fake_twilio: FakeTwilio):
+    fake_twilio.fail_next(10_000, status=503)
+    start_worker(send_concurrency=1)
+    for index in range(20):
+        insert_inbound(conn, f"item {index}")
+
+    wait_until(lambda: len(_items(conn)) == 20, message="20 items while Twilio is down")
+    assert fake_twilio.messages == []
+
+
+def _items(conn: psycopg.Connection[Any]) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT body FROM smsworker.list_item")]
