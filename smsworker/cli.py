@@ -40,17 +40,18 @@ DEMO_ACCOUNT_SID = "AC" + "0" * 32
 database_url_option = click.option(
     "--database-url",
     envvar="DATABASE_URL",
-    help="PostgreSQL connection URL [env: DATABASE_URL]. "
+    show_envvar=True,
+    help="PostgreSQL connection URL. "
     "Without it, an embedded PostgreSQL keeps its data under --data-dir.",
 )
 data_dir_option = click.option(
     "--data-dir",
     envvar="SMSWORKER_DATA_DIR",
+    show_envvar=True,
     type=click.Path(file_okay=False, path_type=Path),
     default=DEFAULT_EMBEDDED_DATA_DIR,
     show_default=True,
-    help="Folder of the embedded PostgreSQL, used when no database URL is set "
-    "[env: SMSWORKER_DATA_DIR].",
+    help="Folder of the embedded PostgreSQL, used when no database URL is set.",
 )
 
 
@@ -66,10 +67,11 @@ def resolve_database_url(database_url: str | None, data_dir: Path) -> str:
 @click.option(
     "--log-level",
     envvar="SMSWORKER_LOG_LEVEL",
+    show_envvar=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
     show_default=True,
-    help="Lowest level of log records written to stderr [env: SMSWORKER_LOG_LEVEL].",
+    help="Lowest level of log records written to stderr.",
 )
 def main(log_level: str) -> None:
     """Run a shared to-do list over SMS from Twilio messages stored in PostgreSQL."""
@@ -99,39 +101,44 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
 @click.option(
     "--twilio-account-sid",
     envvar="TWILIO_ACCOUNT_SID",
-    help="Twilio account SID [env: TWILIO_ACCOUNT_SID].",
+    show_envvar=True,
+    help="Twilio account SID.",
 )
 @click.option(
     "--twilio-auth-token",
     envvar="TWILIO_AUTH_TOKEN",
-    help="Twilio auth token [env: TWILIO_AUTH_TOKEN].",
+    show_envvar=True,
+    help="Twilio auth token.",
 )
 @click.option(
     "--twilio-api-base-url",
     envvar="TWILIO_API_BASE_URL",
+    show_envvar=True,
     default=DEFAULT_TWILIO_API_BASE_URL,
     show_default=True,
-    help="Base URL of Twilio's REST API [env: TWILIO_API_BASE_URL].",
+    help="Base URL of Twilio's REST API.",
 )
 @click.option(
     "--metrics-port",
     envvar="SMSWORKER_METRICS_PORT",
+    show_envvar=True,
     type=click.IntRange(0, 65535),
     default=DEFAULT_METRICS_PORT,
     show_default=True,
-    help="TCP port of the Prometheus metrics endpoint; 0 disables it "
-    "[env: SMSWORKER_METRICS_PORT].",
+    help="TCP port of the Prometheus metrics endpoint; 0 disables it.",
 )
 @click.option(
     "--metrics-address",
     envvar="SMSWORKER_METRICS_ADDRESS",
+    show_envvar=True,
     default="0.0.0.0",
     show_default=True,
-    help="Address the metrics endpoint listens on [env: SMSWORKER_METRICS_ADDRESS].",
+    help="Address the metrics endpoint listens on.",
 )
 @click.option(
     "--poll-interval",
     envvar="SMSWORKER_POLL_INTERVAL",
+    show_envvar=True,
     type=click.FloatRange(min=0.1),
     default=POLL_INTERVAL_S,
     show_default=True,
@@ -140,6 +147,7 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
 @click.option(
     "--batch-size",
     envvar="SMSWORKER_BATCH_SIZE",
+    show_envvar=True,
     type=click.IntRange(min=1),
     default=BATCH_SIZE,
     show_default=True,
@@ -148,6 +156,7 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
 @click.option(
     "--late-row-window",
     envvar="SMSWORKER_LATE_ROW_WINDOW",
+    show_envvar=True,
     type=click.FloatRange(min=0),
     default=LATE_ROW_WINDOW_S,
     show_default=True,
@@ -156,6 +165,7 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
 @click.option(
     "--send-concurrency",
     envvar="SMSWORKER_SEND_CONCURRENCY",
+    show_envvar=True,
     type=click.IntRange(min=1),
     default=SEND_CONCURRENCY,
     show_default=True,

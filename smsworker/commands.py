@@ -10,6 +10,9 @@ from dataclasses import dataclass
 # Twilio rejects outbound bodies longer than this (error 21617). Twilio counts
 # UTF-16 code units, so an emoji counts as two.
 MAX_REPLY_LENGTH = 1600
+# Item numbers longer than this cannot exist; checked before int() so that a
+# huge number is an ordinary invalid command.
+MAX_POSITION_DIGITS = 9
 # How much of an item's text the add and delete confirmations repeat.
 PREVIEW_LENGTH = 60
 
@@ -58,7 +61,9 @@ def parse(body: str | None) -> ParsedMessage:
     if not text:
         return ParsedMessage(Command.EMPTY)
 
-    keyword = text.upper()
+    # Only ASCII text can be a keyword: str.upper() maps lookalikes such as
+    # the dotless i (U+0131) onto ASCII letters.
+    keyword = text.upper() if text.isascii() else ""
     if keyword in OPT_OUT_KEYWORDS:
         return ParsedMessage(Command.OPT_OUT)
     if keyword in OPT_IN_KEYWORDS:
@@ -85,7 +90,13 @@ def _parse_delete(argument: str | None) -> ParsedMessage:
             error=f"{preview(argument)} is not an item number. "
             "Send del and a number from the list, for example: del 2",
         )
-    position = int(argument)
+    digits = argument.lstrip("0")
+    if len(digits) > MAX_POSITION_DIGITS:
+        return ParsedMessage(
+            Command.DELETE,
+            error=f"There is no item {preview(digits)}. Send ls to see the list.",
+        )
+    position = int(digits or "0")
     if position == 0:
         return ParsedMessage(
             Command.DELETE, error="Items are numbered from 1. Send ls to see them."
@@ -118,6 +129,8 @@ def split_reply(text: str, max_length: int = MAX_REPLY_LENGTH) -> list[str]:
     A single line longer than the limit is cut at the last space that fits,
     or between two characters when there is none; never inside a character.
     """
+    if max_length < 2:
+        raise ValueError(f"max_length must fit any character (2 UTF-16 units), not {max_length}")
     parts: list[str] = []
     current = ""
     for line in text.split("\n"):
@@ -141,7 +154,7 @@ def _split_line(line: str, max_length: int) -> list[str]:
     pieces = []
     while reply_length(line) > max_length:
         cut = _longest_prefix(line, max_length)
-        space = line.rfind(" ", 0, cut)
+        space = line.rfind(" ", 0, cut + 1)
         if space > 0:
             cut = space
         pieces.append(line[:cut].rstrip())

@@ -32,6 +32,9 @@ def mask_phone_numbers(text: str) -> str:
     return _PHONE_NUMBER.sub(lambda match: mask_phone_number(match.group()), text)
 
 
+_FORMATTER = logging.Formatter()
+
+
 class PhoneNumberMaskingFilter(logging.Filter):
     """Mask phone numbers in the formatted message of every record it sees."""
 
@@ -41,6 +44,9 @@ class PhoneNumberMaskingFilter(logging.Filter):
         if masked != message:
             record.msg = masked
             record.args = None
+        if record.exc_info and not record.exc_text:
+            # The formatter reuses exc_text, so the traceback is masked too.
+            record.exc_text = mask_phone_numbers(_FORMATTER.formatException(record.exc_info))
         return True
 
 

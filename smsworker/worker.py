@@ -60,6 +60,10 @@ class _Handled:
     replies: int
 
 
+class _Interrupted(Exception):
+    """The worker was stopped while a failing handler waited for its next attempt."""
+
+
 class Worker:
     """Handles inbound messages until `stop_event` is set."""
 
@@ -216,7 +220,12 @@ class Worker:
             for message in messages:
                 if last is not None and self.stop_event.is_set():
                     break
-                handled = self._handle_one(conn, message)
+                try:
+                    handled = self._handle_one(conn, message)
+                except _Interrupted:
+                    # Stopped while retrying a failing handler: the message
+                    # stays unhandled, and the cursor stays before it.
+                    break
                 if handled is not None:
                     done.append(handled)
                 last = message
@@ -243,18 +252,20 @@ class Worker:
         failing is recorded as failed in handled_message, so the message is
         not retried forever and the stream goes on.
         """
-        parsed = parse(message.body)
         started = time.monotonic()
         attempts = 0
+        command = "unknown"
 
         def attempt() -> tuple[todo.Result, int] | None:
-            nonlocal attempts
+            nonlocal attempts, command
             attempts += 1
+            parsed = parse(message.body)
+            command = parsed.command.value
             with db.database_errors(), conn.transaction():
                 params = {
                     "message_id": message.id,
                     "date_created": message.date_created,
-                    "command": parsed.command.value,
+                    "command": command,
                 }
                 if conn.execute(queries.CLAIM_MESSAGE, params).fetchone() is None:
                     return None
@@ -286,10 +297,10 @@ class Worker:
         try:
             outcome = retrying(attempt)
         except RetryError as error:
+            if self.stop_event.is_set() and attempts < self.settings.handler_max_attempts:
+                raise _Interrupted from error
             cause = error.last_attempt.exception()
-            return self._record_failure(
-                conn, message, parsed.command.value, attempts, cause, started
-            )
+            return self._record_failure(conn, message, command, attempts, cause, started)
 
         if outcome is None:
             logger.debug("Message %s was handled before; skipped.", message.id)
@@ -297,7 +308,7 @@ class Worker:
         result, replies = outcome
         return _Handled(
             message,
-            parsed.command.value,
+            command,
             result.outcome,
             time.monotonic() - started,
             replies,
