@@ -190,6 +190,11 @@ def run(
             "set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither to print "
             "replies to the console"
         )
+    if not twilio_api_base_url.startswith(("http://", "https://")):
+        raise click.BadParameter(
+            f"{twilio_api_base_url!r} is not an http:// or https:// URL",
+            param_hint="--twilio-api-base-url",
+        )
     twilio = None
     if twilio_account_sid and twilio_auth_token:
         twilio = TwilioSettings(twilio_account_sid, twilio_auth_token, twilio_api_base_url)

@@ -102,6 +102,12 @@ class ReplyDelivery:
                 conn = None
                 self.stop_event.wait(DATABASE_RETRY_S)
                 continue
+            except Exception:
+                # A bug must not silently end this thread and leave replies
+                # unsent; the reply in hand stays pending and is tried again.
+                logger.exception("Reply sender failed unexpectedly, retrying.")
+                self.stop_event.wait(DATABASE_RETRY_S)
+                continue
             if not sent:
                 with self._wakeup:
                     self._wakeup.wait(IDLE_WAIT_S)

@@ -75,6 +75,8 @@ class TwilioSender:
             raise self._translate(error) from error
         except (requests.ConnectionError, requests.Timeout) as error:
             raise TransientSendError(f"Twilio is unreachable: {error}") from error
+        except requests.RequestException as error:
+            raise PermanentSendError(f"invalid request to Twilio: {error}") from error
         except TwilioException as error:
             raise PermanentSendError(f"Twilio request failed: {error}") from error
         sid: str = message.sid or ""

@@ -1,10 +1,19 @@
 """Reply delivery through the real twilio library to the fake Twilio API."""
 
+import socket
 from typing import Any
 
 import psycopg
 
-from tests.conftest import ALICE, insert_inbound, pending_replies, wait_until, wait_until_handled
+from smsworker.settings import TwilioSettings
+from tests.conftest import (
+    ACCOUNT_SID,
+    ALICE,
+    insert_inbound,
+    pending_replies,
+    wait_until,
+    wait_until_handled,
+)
 from tests.fake_twilio import FakeTwilio
 
 
@@ -96,3 +105,28 @@ def test_list_changes_not_held_back_by_twilio(conn, start_worker, fake_twilio: F
 
 def _items(conn: psycopg.Connection[Any]) -> list[str]:
     return [row[0] for row in conn.execute("SELECT body FROM smsworker.list_item")]
+
+
+def test_unreachable_twilio_retried_not_failed(conn, start_worker):
+    # Nothing listens on this port: bind it, note it, and close it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = start_worker(
+        twilio=TwilioSettings(ACCOUNT_SID, "token", f"http://127.0.0.1:{port}"),
+        send_retry_budget_s=0.3,
+    )
+    insert_inbound(conn, "milk")
+
+    def postponed() -> bool:
+        row = conn.execute("SELECT attempts, error_message FROM smsworker.outbox").fetchone()
+        return row is not None and row[0] >= 1
+
+    wait_until(postponed, message="a postponed reply")
+    worker.stop()
+    status, attempts, _, _ = outbox_rows(conn)[0]
+    row = conn.execute("SELECT error_message FROM smsworker.outbox").fetchone()
+    assert status == "pending"
+    assert attempts >= 1
+    assert row is not None
+    assert "unreachable" in row[0]
