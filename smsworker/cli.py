@@ -11,7 +11,7 @@ from types import FrameType
 
 import click
 
-from smsworker import __version__, db, queries
+from smsworker import __version__, db
 from smsworker.embedded import embedded_database_url
 from smsworker.errors import SmsWorkerError
 from smsworker.logs import configure_logging, mask_phone_number
@@ -283,20 +283,19 @@ def inbound(
     date_created = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     try:
         url = resolve_database_url(database_url, data_dir)
-        with db.connect(url) as conn, db.database_errors():
-            conn.execute(
-                queries.INSERT_INBOUND,
-                {
-                    "id": message_id,
-                    "account_id": account_sid,
-                    "body": body,
-                    "date_created": date_created,
-                    "from": from_number,
-                    "to": to_number,
-                    "num_segments": 1,
-                    "uri": f"/2010-04-01/Accounts/{account_sid}/Messages/{message_id}.json",
-                },
-            )
+        db.insert_inbound(
+            url,
+            {
+                "id": message_id,
+                "account_id": account_sid,
+                "body": body,
+                "date_created": date_created,
+                "from": from_number,
+                "to": to_number,
+                "num_segments": 1,
+                "uri": f"/2010-04-01/Accounts/{account_sid}/Messages/{message_id}.json",
+            },
+        )
     except SmsWorkerError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"Inserted inbound message {message_id} from {mask_phone_number(from_number)}.")

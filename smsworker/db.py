@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import TupleRow
 
+from smsworker import queries
 from smsworker.errors import ConfigurationError, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -121,3 +122,14 @@ def check_schema(database_url: str, cursor_name: str) -> None:
                 f"the database has no cursor named {cursor_name!r}; "
                 "run `smsworker migrate` to create it"
             )
+
+
+def insert_inbound(database_url: str, row: dict[str, object]) -> None:
+    """Insert one inbound row into twilio.message, as the syncer would."""
+    with connect(database_url) as conn, database_errors():
+        try:
+            conn.execute(queries.INSERT_INBOUND, row)
+        except psycopg.errors.UndefinedTable as error:
+            raise ConfigurationError(
+                "the database has no twilio.message table; run `smsworker migrate` first"
+            ) from error

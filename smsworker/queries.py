@@ -48,12 +48,14 @@ WHERE c.name = %(cursor)s
 ORDER BY m.date_created, m.id
 """
 
-# Unhandled inbound rows among the ids named by notifications.
-FETCH_UNHANDLED_BY_ID = """
+# Unhandled inbound rows at or before the cursor among the ids named by
+# notifications: rows that committed after newer rows had been handled.
+FETCH_LATE_BY_ID = """
 SELECT m.id, m.date_created, m.body, m."from", m."to"
 FROM smsworker.processor_cursor AS c
 JOIN twilio.message AS m
   ON (m.date_created, m.id) > (c.floor_date_created, c.floor_message_id)
+ AND (m.date_created, m.id) <= (c.date_created, c.message_id)
 WHERE c.name = %(cursor)s
   AND m.id = ANY(%(ids)s)
   AND m.direction = 'inbound'

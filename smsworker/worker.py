@@ -181,39 +181,38 @@ class Worker:
         return ids
 
     def _catch_up(self, conn: db.Connection) -> None:
-        """Handle every row after the cursor, then rows that arrived late."""
-        self._drain(conn, queries.FETCH_AFTER_CURSOR, {})
+        """Handle rows that arrived late behind the cursor, then every row after it.
+
+        Late rows go first: they all sort before the rows after the cursor, so
+        messages visible together are handled in (date_created, id) order.
+        """
         self._drain(conn, queries.FETCH_LATE_ROWS, {"window_s": self.settings.late_row_window_s})
+        self._drain(conn, queries.FETCH_AFTER_CURSOR, {})
 
     def _handle_notified(self, conn: db.Connection, ids: list[str]) -> None:
-        handled_ids = self._drain(conn, queries.FETCH_AFTER_CURSOR, {})
-        # A notified row that the forward query did not reach is older than
-        # the cursor: it committed late, and is handled by id.
-        missing = [id_ for id_ in set(ids) if id_ and id_ not in handled_ids]
-        if missing:
-            self._drain(conn, queries.FETCH_UNHANDLED_BY_ID, {"ids": missing})
+        """Handle the late rows among the notified ids, then every row after the cursor."""
+        late_candidates = [id_ for id_ in set(ids) if id_]
+        if late_candidates:
+            self._drain(conn, queries.FETCH_LATE_BY_ID, {"ids": late_candidates})
+        self._drain(conn, queries.FETCH_AFTER_CURSOR, {})
 
-    def _drain(self, conn: db.Connection, query: str, params: dict[str, Any]) -> set[str]:
+    def _drain(self, conn: db.Connection, query: str, params: dict[str, Any]) -> None:
         """Handle batches from `query` until it returns a short batch or the worker stops."""
-        handled_ids: set[str] = set()
         limit = self.settings.batch_size
         while not self.stop_event.is_set():
             rows = conn.execute(
                 query, {**params, "cursor": self.settings.cursor_name, "limit": limit}
             ).fetchall()
             messages = [todo.InboundMessage(*row) for row in rows]
-            handled_ids.update(self._handle_batch(conn, messages))
+            self._handle_batch(conn, messages)
             self._refresh_stats(conn)
             if len(rows) < limit:
                 break
-        return handled_ids
 
-    def _handle_batch(
-        self, conn: db.Connection, messages: Sequence[todo.InboundMessage]
-    ) -> list[str]:
+    def _handle_batch(self, conn: db.Connection, messages: Sequence[todo.InboundMessage]) -> None:
         """Apply messages in one transaction, each in a savepoint of its own."""
         if not messages:
-            return []
+            return
         done: list[_Handled] = []
         last: todo.InboundMessage | None = None
         with conn.transaction():
@@ -243,7 +242,6 @@ class Worker:
             self._report(handled)
         if any(handled.replies for handled in done):
             self.delivery.wake()
-        return [handled.message.id for handled in done]
 
     def _handle_one(self, conn: db.Connection, message: todo.InboundMessage) -> _Handled | None:
         """Apply one message in a savepoint, retrying a failing handler.

@@ -1,8 +1,8 @@
 CREATE SCHEMA IF NOT EXISTS smsworker;
 
 -- The position of the last handled inbound message, in (date_created, id)
--- order. The floor is the position when smsworker was installed: messages at
--- or before it are history and never handled as commands.
+-- order. Rows at or before the floor are history: they were in the table
+-- when smsworker was installed and are never handled as commands.
 CREATE TABLE IF NOT EXISTS smsworker.processor_cursor (
     name text PRIMARY KEY,
     date_created timestamp without time zone NOT NULL,
@@ -11,20 +11,6 @@ CREATE TABLE IF NOT EXISTS smsworker.processor_cursor (
     floor_message_id text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-
-INSERT INTO smsworker.processor_cursor
-    (name, date_created, message_id, floor_date_created, floor_message_id)
-SELECT 'todo', position.date_created, position.id,
-       position.date_created, position.id
-FROM (
-    SELECT date_created, id FROM twilio.message
-    WHERE direction = 'inbound' AND date_created IS NOT NULL
-    UNION ALL
-    SELECT '-infinity'::timestamp, ''
-    ORDER BY 1 DESC, 2 DESC
-    LIMIT 1
-) AS position
-ON CONFLICT (name) DO NOTHING;
 
 -- One row per inbound message whose effects are committed. The primary key
 -- is what makes handling exactly-once: a second attempt conflicts here.
@@ -40,7 +26,8 @@ CREATE TABLE IF NOT EXISTS smsworker.handled_message (
 
 CREATE TABLE IF NOT EXISTS smsworker.list_item (
     id bigserial PRIMARY KEY,
-    message_id text NOT NULL UNIQUE REFERENCES twilio.message (id),
+    -- The message the item came from; NULL once a syncer prunes that message.
+    message_id text UNIQUE REFERENCES twilio.message (id) ON DELETE SET NULL,
     body text NOT NULL,
     added_at timestamptz NOT NULL DEFAULT now()
 );
@@ -69,3 +56,23 @@ CREATE TABLE IF NOT EXISTS smsworker.outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending_idx
     ON smsworker.outbox (next_attempt_at, id)
     WHERE status = 'pending';
+
+-- On the first migration, inbound messages already in the table are history.
+-- The cursor and the floor start at the beginning of the newest message's
+-- second, and the messages of that second are recorded as handled, so a new
+-- row that shares that second is still handled.
+WITH newest AS (
+    SELECT coalesce(max(date_created), '-infinity') AS date_created
+    FROM twilio.message WHERE direction = 'inbound'
+), cursor_created AS (
+    INSERT INTO smsworker.processor_cursor
+        (name, date_created, message_id, floor_date_created, floor_message_id)
+    SELECT 'todo', newest.date_created, '', newest.date_created, '' FROM newest
+    ON CONFLICT (name) DO NOTHING
+    RETURNING date_created
+)
+INSERT INTO smsworker.handled_message (message_id, date_created, command, outcome)
+SELECT m.id, m.date_created, 'history', 'history'
+FROM twilio.message AS m JOIN cursor_created AS c ON m.date_created = c.date_created
+WHERE m.direction = 'inbound'
+ON CONFLICT (message_id) DO NOTHING;
