@@ -55,11 +55,6 @@ def _is_unix_socket(database_url: str) -> bool:
     return isinstance(host, str) and host.startswith("/")
 
 
-def is_connection_lost(error: BaseException) -> bool:
-    """Tell whether an error means the connection is gone rather than a bad query."""
-    return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
-
-
 @contextmanager
 def database_errors() -> Iterator[None]:
     """Translate psycopg's connection errors into DatabaseUnavailable."""

@@ -168,7 +168,7 @@ class ReplyDelivery:
         )
 
     def _wait(self, retry_state: RetryCallState) -> float:
-        """Wait as Twilio's Retry-After says, else back off exponentially with jitter."""
+        """Return the delay from Twilio's Retry-After header, else an exponential backoff."""
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
         if isinstance(error, TransientSendError) and error.retry_after_s is not None:

@@ -5,9 +5,9 @@ them with each other or with naive UTC values only, so the session's time
 zone never changes which rows are found.
 """
 
-# The cursor is joined LATERAL in the queries below so that its values become
-# parameters of an index scan on (date_created, id); a plain join makes the
-# planner filter the whole index instead.
+# The queries below join the cursor LATERAL, so its values become parameters
+# of an index scan on (date_created, id). With a plain join the planner reads
+# the whole index and filters it.
 
 # The inbound rows after the cursor, oldest first: the catch-up query.
 FETCH_AFTER_CURSOR = """
@@ -182,12 +182,6 @@ SET attempts = attempts + %(attempts)s, error_code = %(error_code)s,
     error_message = %(error_message)s,
     next_attempt_at = now() + make_interval(secs => %(delay_s)s)
 WHERE id = %(id)s
-"""
-
-# Seconds until the next pending reply is due, or null when there is none.
-NEXT_REPLY_DUE = """
-SELECT greatest(extract(epoch FROM min(next_attempt_at) - now()), 0)
-FROM smsworker.outbox WHERE status = 'pending'
 """
 
 INSERT_INBOUND = """

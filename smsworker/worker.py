@@ -36,8 +36,8 @@ from smsworker.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# The longest the loop waits for a notification before it checks whether it
-# was asked to stop.
+# Maximum time the loop waits for a notification before it checks for a stop
+# request.
 WAIT_SLICE_S = 0.5
 # Metrics that need a query are refreshed at most this often.
 STATS_INTERVAL_S = 1.0

@@ -8,6 +8,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,26 +68,30 @@ def template_database(server_url: str) -> str:
     return TEMPLATE_DATABASE
 
 
-@pytest.fixture
-def database_url(server_url: str, template_database: str) -> Iterator[str]:
-    """A fresh, migrated database for one test."""
+@contextmanager
+def fresh_database(server_url: str, template: str | None = None) -> Iterator[str]:
+    """Create a database (a copy of `template` when given), yield its URL, drop it."""
     name = f"smsworker_test_{uuid.uuid4().hex[:12]}"
+    template_clause = f" TEMPLATE {template}" if template else ""
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
+        conn.execute(f"CREATE DATABASE {name}{template_clause}")
     yield make_conninfo(server_url, dbname=name)
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def database_url(server_url: str, template_database: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    with fresh_database(server_url, template_database) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_database_url(server_url: str) -> Iterator[str]:
     """A fresh database without smsworker's schema, as a syncer's database looks."""
-    name = f"smsworker_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield make_conninfo(server_url, dbname=name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture
