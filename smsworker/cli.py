@@ -1,5 +1,7 @@
 """The `smsworker` command line. It parses options, builds settings and hands off."""
 
+import logging
+import os
 import re
 import signal
 import sys
@@ -29,6 +31,8 @@ from smsworker.settings import (
     TwilioSettings,
 )
 from smsworker.worker import Worker
+
+logger = logging.getLogger(__name__)
 
 E164 = re.compile(r"\+[1-9]\d{1,14}")
 # The number `smsworker inbound` texts when --to is not given: a fictional
@@ -234,8 +238,18 @@ def _sender_factory(twilio: TwilioSettings | None) -> Callable[[], Sender]:
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
+    """Stop gracefully on the first SIGTERM or SIGINT, at once on the second."""
+    received: list[int] = []
+
     def handle(signum: int, frame: FrameType | None) -> None:
-        click.echo(f"Received {signal.Signals(signum).name}, stopping.", err=True)
+        name = signal.Signals(signum).name
+        if received:
+            # Uncommitted work is rolled back by PostgreSQL, so nothing is
+            # half-applied; the message in hand is handled again on restart.
+            logger.warning("Received %s again, exiting without waiting.", name)
+            os._exit(128 + signum)
+        received.append(signum)
+        logger.info("Received %s, finishing the message in hand and stopping.", name)
         stop()
 
     signal.signal(signal.SIGTERM, handle)
