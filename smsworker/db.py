@@ -21,13 +21,14 @@ logger = logging.getLogger(__name__)
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 NOTIFY_CHANNEL = "smsworker_message"
 CONNECT_TIMEOUT_S = 10
-# libpq keepalives: a peer that vanished without a reset is noticed within
-# about a minute instead of the kernel's default of hours.
+# libpq keepalives and TCP_USER_TIMEOUT (milliseconds): a server that vanished
+# without a reset is noticed within about a minute, not the kernel's hours.
 KEEPALIVE_OPTIONS: dict[str, int] = {
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
     "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
 }
 # Serialises concurrent `smsworker migrate` runs against one database.
 MIGRATION_LOCK_KEY = 0x736D7377  # "smsw"
@@ -35,11 +36,13 @@ MIGRATION_LOCK_KEY = 0x736D7377  # "smsw"
 Connection = psycopg.Connection[TupleRow]
 
 
-def connect(database_url: str, *, autocommit: bool = False) -> Connection:
+def connect(
+    database_url: str, *, autocommit: bool = False, application_name: str = "smsworker"
+) -> Connection:
     """Open a connection, translating failure into DatabaseUnavailable."""
     options: dict[str, int | str] = {
         "connect_timeout": CONNECT_TIMEOUT_S,
-        "application_name": "smsworker",
+        "application_name": application_name,
     }
     if not _is_unix_socket(database_url):
         options.update(KEEPALIVE_OPTIONS)
@@ -99,24 +102,21 @@ def migrate(database_url: str) -> list[str]:
     return applied
 
 
-def check_schema(database_url: str, cursor_name: str) -> None:
+def check_schema(conn: Connection, cursor_name: str) -> None:
     """Raise ConfigurationError unless `smsworker migrate` has run on this database."""
-    with connect(database_url, autocommit=True) as conn, database_errors():
-        row = conn.execute(
-            "SELECT to_regclass('smsworker.processor_cursor') IS NOT NULL"
-        ).fetchone()
-        if row is None or not row[0]:
-            raise ConfigurationError(
-                "the database has no smsworker tables; run `smsworker migrate` first"
-            )
-        row = conn.execute(
-            "SELECT 1 FROM smsworker.processor_cursor WHERE name = %s", [cursor_name]
-        ).fetchone()
-        if row is None:
-            raise ConfigurationError(
-                f"the database has no cursor named {cursor_name!r}; "
-                "run `smsworker migrate` to create it"
-            )
+    row = conn.execute("SELECT to_regclass('smsworker.processor_cursor') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        raise ConfigurationError(
+            "the database has no smsworker tables; run `smsworker migrate` first"
+        )
+    row = conn.execute(
+        "SELECT 1 FROM smsworker.processor_cursor WHERE name = %s", [cursor_name]
+    ).fetchone()
+    if row is None:
+        raise ConfigurationError(
+            f"the database has no cursor named {cursor_name!r}; "
+            "run `smsworker migrate` to create it"
+        )
 
 
 def insert_inbound(database_url: str, row: dict[str, object]) -> None:

@@ -45,6 +45,17 @@ class Metrics:
             "Handler attempts that failed and were tried again.",
             registry=self.registry,
         )
+        self.dead_letters = Counter(
+            "smsworker_dead_letters_total",
+            "Messages moved to the dead letters after their handler kept failing.",
+            registry=self.registry,
+        )
+        self.role = Gauge(
+            "smsworker_role",
+            "1 for this process's current role: active (handling messages) or standby.",
+            ["role"],
+            registry=self.registry,
+        )
         self.replies = Counter(
             "smsworker_replies_total",
             "Replies that left the outbox, by outcome (sent or failed).",

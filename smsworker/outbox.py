@@ -68,6 +68,9 @@ class ReplyDelivery:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        """Start the sender threads; does nothing when they are running."""
+        if self._threads:
+            return
         for number in range(1, self.concurrency + 1):
             thread = threading.Thread(
                 target=self._run, name=f"smsworker-sender-{number}", daemon=True
@@ -92,7 +95,9 @@ class ReplyDelivery:
         while not self.stop_event.is_set():
             try:
                 if conn is None or conn.closed:
-                    conn = db.connect(self.database_url, autocommit=True)
+                    conn = db.connect(
+                        self.database_url, autocommit=True, application_name="smsworker-sender"
+                    )
                 with db.database_errors():
                     sent = self._deliver_next(conn, sender)
             except DatabaseUnavailable as error:

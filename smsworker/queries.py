@@ -83,12 +83,23 @@ SET outcome = %(outcome)s, error = %(error)s, attempts = %(attempts)s
 WHERE message_id = %(message_id)s
 """
 
-# Record a message whose handler kept failing, so it is not retried forever.
+# Record a message whose handler kept failing as handled, so it is not
+# retried forever; RECORD_DEAD_LETTER keeps the details for operators.
 RECORD_FAILURE = """
 INSERT INTO smsworker.handled_message
     (message_id, date_created, command, outcome, error, attempts)
-VALUES (%(message_id)s, %(date_created)s, %(command)s, 'failed', %(error)s, %(attempts)s)
+VALUES (%(message_id)s, %(date_created)s, %(command)s, 'dead-letter', %(error)s, %(attempts)s)
 ON CONFLICT (message_id) DO NOTHING
+"""
+
+RECORD_DEAD_LETTER = """
+INSERT INTO smsworker.dead_letter (message_id, error, attempts)
+VALUES (%(message_id)s, %(error)s, %(attempts)s)
+ON CONFLICT (message_id) DO UPDATE
+SET error = excluded.error,
+    attempts = smsworker.dead_letter.attempts + excluded.attempts,
+    last_failed_at = now(),
+    retried_at = NULL
 """
 
 # Move the cursor forward; it never moves back, whatever order rows come in.
@@ -97,6 +108,12 @@ UPDATE smsworker.processor_cursor
 SET date_created = %(date_created)s, message_id = %(message_id)s, updated_at = now()
 WHERE name = %(cursor)s
   AND (date_created, message_id) < (%(date_created)s, %(message_id)s)
+"""
+
+# Take the active role for a cursor without waiting: a session advisory lock,
+# released when the connection ends. The first key is constant ("smsw").
+TRY_ACTIVE_ROLE = """
+SELECT pg_try_advisory_lock(1936552823, hashtext(%(cursor)s))
 """
 
 # The cursor position as text, for logs ('-infinity' before the first message).

@@ -10,25 +10,14 @@ handled already.
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
-from tenacity import (
-    RetryCallState,
-    RetryError,
-    Retrying,
-    retry_if_not_exception_type,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential_jitter,
-)
 
 from smsworker import db, queries, todo
-from smsworker.commands import parse, split_reply
 from smsworker.errors import DatabaseUnavailable
-from smsworker.logs import mask_phone_number
+from smsworker.handling import MessageHandler
 from smsworker.metrics import Metrics
 from smsworker.outbox import ReplyDelivery
 from smsworker.sender import Sender
@@ -39,29 +28,14 @@ logger = logging.getLogger(__name__)
 # Maximum time the loop waits for a notification before it checks for a stop
 # request.
 WAIT_SLICE_S = 0.5
+# How often a standby tries to take over the active role.
+STANDBY_POLL_S = 1.0
+LISTENER_NAME = "smsworker-listener"
 # Metrics that need a query are refreshed at most this often.
 STATS_INTERVAL_S = 1.0
 # Backoff between reconnects to the database.
 RECONNECT_INITIAL_S = 0.5
 RECONNECT_MAX_S = 10.0
-# Backoff between attempts of a failing handler.
-HANDLER_RETRY_INITIAL_S = 0.1
-HANDLER_RETRY_MAX_S = 2.0
-
-
-@dataclass(frozen=True)
-class _Handled:
-    """One message handled in a batch, reported once the batch commits."""
-
-    message: todo.InboundMessage
-    command: str
-    outcome: str
-    duration_s: float
-    replies: int
-
-
-class _Interrupted(Exception):
-    """The worker was stopped while a failing handler waited for its next attempt."""
 
 
 class Worker:
@@ -87,6 +61,12 @@ class Worker:
             retry_budget_s=settings.send_retry_budget_s,
             stop_event=self.stop_event,
         )
+        self.handler = MessageHandler(
+            cursor_name=settings.cursor_name,
+            max_attempts=settings.handler_max_attempts,
+            metrics=self.metrics,
+            stop_event=self.stop_event,
+        )
         self._stats_due = 0.0
 
     def stop(self) -> None:
@@ -100,8 +80,6 @@ class Worker:
         Raises DatabaseUnavailable when the database stays unreachable for
         longer than settings.database_retry_limit_s.
         """
-        db.check_schema(self.settings.database_url, self.settings.cursor_name)
-        self.delivery.start()
         try:
             self._run_with_reconnects()
         finally:
@@ -140,25 +118,62 @@ class Worker:
     def _run_connected(self, on_connected: Callable[[], None]) -> None:
         settings = self.settings
         with (
-            db.connect(settings.database_url, autocommit=True) as listener,
             db.connect(settings.database_url, autocommit=True) as conn,
             db.database_errors(),
         ):
-            listener.execute(f"LISTEN {db.NOTIFY_CHANNEL}")
             on_connected()
-            self._log_start(conn)
+            db.check_schema(conn, settings.cursor_name)
+            if not self._acquire_active_role(conn):
+                return
+            # The listener stays in autocommit and never runs a transaction, so
+            # it never holds back the server's notification queue.
+            with db.connect(
+                settings.database_url, autocommit=True, application_name=LISTENER_NAME
+            ) as listener:
+                listener.execute(f"LISTEN {db.NOTIFY_CHANNEL}")
+                self.delivery.start()
+                self._log_start(conn)
+                self._listen_and_handle(conn, listener)
 
-            self._catch_up(conn)
-            next_poll = time.monotonic() + settings.poll_interval_s
-            while not self.stop_event.is_set():
-                timeout = min(WAIT_SLICE_S, max(0.0, next_poll - time.monotonic()))
-                ids = self._wait_for_notifications(listener, timeout)
-                if ids:
-                    self._handle_notified(conn, ids)
-                if time.monotonic() >= next_poll:
-                    self._catch_up(conn)
-                    next_poll = time.monotonic() + settings.poll_interval_s
-                self._refresh_stats(conn)
+    def _acquire_active_role(self, conn: db.Connection) -> bool:
+        """Wait until this process holds the active role; False when stopped first.
+
+        The role is a session advisory lock on the connection that writes the
+        list, so it is released exactly when that connection ends, whether the
+        process stopped, died or lost the database.
+        """
+        waiting = False
+        while not self.stop_event.is_set():
+            row = conn.execute(queries.TRY_ACTIVE_ROLE, {"cursor": self.settings.cursor_name})
+            if row.fetchone() == (True,):
+                self._set_role("active")
+                if waiting:
+                    logger.info("Took over the active role from a stopped worker.")
+                return True
+            if not waiting:
+                self._set_role("standby")
+                logger.info("Another worker holds the active role; waiting as a standby.")
+                waiting = True
+            self.stop_event.wait(STANDBY_POLL_S)
+        return False
+
+    def _set_role(self, role: str) -> None:
+        for name in ("active", "standby"):
+            self.metrics.role.labels(role=name).set(1 if name == role else 0)
+
+    def _listen_and_handle(self, conn: db.Connection, listener: db.Connection) -> None:
+        """Catch up, then handle what notifications and periodic polls find."""
+        self._catch_up(conn)
+        next_poll = time.monotonic() + self.settings.poll_interval_s
+        while not self.stop_event.is_set():
+            timeout = min(WAIT_SLICE_S, max(0.0, next_poll - time.monotonic()))
+            ids = self._wait_for_notifications(listener, timeout)
+            if ids:
+                self._handle_notified(conn, ids)
+            if time.monotonic() >= next_poll:
+                self._catch_up(conn)
+                next_poll = time.monotonic() + self.settings.poll_interval_s
+            self._refresh_stats(conn)
 
     def _log_start(self, conn: db.Connection) -> None:
         row = conn.execute(
@@ -204,197 +219,12 @@ class Worker:
                 query, {**params, "cursor": self.settings.cursor_name, "limit": limit}
             ).fetchall()
             messages = [todo.InboundMessage(*row) for row in rows]
-            self._handle_batch(conn, messages)
+            done = self.handler.handle_batch(conn, messages)
+            if any(handled.replies for handled in done):
+                self.delivery.wake()
             self._refresh_stats(conn)
             if len(rows) < limit:
                 break
-
-    def _handle_batch(self, conn: db.Connection, messages: Sequence[todo.InboundMessage]) -> None:
-        """Apply messages in one transaction, each in a savepoint of its own."""
-        if not messages:
-            return
-        done: list[_Handled] = []
-        last: todo.InboundMessage | None = None
-        with conn.transaction():
-            for message in messages:
-                if last is not None and self.stop_event.is_set():
-                    break
-                try:
-                    handled = self._handle_one(conn, message)
-                except _Interrupted:
-                    # Stopped while retrying a failing handler: the message
-                    # stays unhandled, and the cursor stays before it.
-                    break
-                if handled is not None:
-                    done.append(handled)
-                last = message
-            if last is not None:
-                conn.execute(
-                    queries.ADVANCE_CURSOR,
-                    {
-                        "cursor": self.settings.cursor_name,
-                        "date_created": last.date_created,
-                        "message_id": last.id,
-                    },
-                )
-
-        for handled in done:
-            self._report(handled)
-        if any(handled.replies for handled in done):
-            self.delivery.wake()
-
-    def _handle_one(self, conn: db.Connection, message: todo.InboundMessage) -> _Handled | None:
-        """Apply one message in a savepoint, retrying a failing handler.
-
-        Returns None when the message was handled before. A handler that keeps
-        failing is recorded as failed in handled_message, so the message is
-        not retried forever and the stream goes on.
-        """
-        started = time.monotonic()
-        attempts = 0
-        command = "unknown"
-
-        def attempt() -> tuple[todo.Result, int] | None:
-            nonlocal attempts, command
-            attempts += 1
-            parsed = parse(message.body)
-            command = parsed.command.value
-            with db.database_errors(), conn.transaction():
-                params = {
-                    "message_id": message.id,
-                    "date_created": message.date_created,
-                    "command": command,
-                }
-                if conn.execute(queries.CLAIM_MESSAGE, params).fetchone() is None:
-                    return None
-                result = todo.apply(conn, message, parsed)
-                replies = self._queue_replies(conn, message, result.reply)
-                conn.execute(
-                    queries.RECORD_OUTCOME,
-                    {
-                        "message_id": message.id,
-                        "outcome": result.outcome,
-                        "error": None,
-                        "attempts": attempts,
-                    },
-                )
-                return result, replies
-
-        retrying = Retrying(
-            retry=retry_if_not_exception_type(DatabaseUnavailable),
-            stop=stop_after_attempt(self.settings.handler_max_attempts)
-            | stop_when_event_set(self.stop_event),
-            wait=wait_exponential_jitter(
-                multiplier=HANDLER_RETRY_INITIAL_S,
-                max=HANDLER_RETRY_MAX_S,
-                jitter=HANDLER_RETRY_INITIAL_S,
-            ),
-            sleep=self._sleep,
-            before_sleep=self._log_handler_retry(message),
-        )
-        try:
-            outcome = retrying(attempt)
-        except RetryError as error:
-            if self.stop_event.is_set() and attempts < self.settings.handler_max_attempts:
-                raise _Interrupted from error
-            cause = error.last_attempt.exception()
-            return self._record_failure(conn, message, command, attempts, cause, started)
-
-        if outcome is None:
-            logger.debug("Message %s was handled before; skipped.", message.id)
-            return None
-        result, replies = outcome
-        return _Handled(
-            message,
-            command,
-            result.outcome,
-            time.monotonic() - started,
-            replies,
-        )
-
-    def _sleep(self, seconds: float) -> None:
-        """Sleep between retries, waking at once when the worker is stopped."""
-        self.stop_event.wait(seconds)
-
-    def _queue_replies(
-        self, conn: db.Connection, message: todo.InboundMessage, reply: str | None
-    ) -> int:
-        if reply is None:
-            return 0
-        if not message.from_number or not message.to_number:
-            logger.warning(
-                "Message %s has no sender or recipient number; its reply is dropped.",
-                message.id,
-            )
-            return 0
-        parts = split_reply(reply)
-        for number, body in enumerate(parts, 1):
-            conn.execute(
-                queries.QUEUE_REPLY,
-                {
-                    "message_id": message.id,
-                    "part": number,
-                    # The reply goes back to the sender, from the number they texted.
-                    "to_number": message.from_number,
-                    "from_number": message.to_number,
-                    "body": body,
-                },
-            )
-        return len(parts)
-
-    def _log_handler_retry(self, message: todo.InboundMessage) -> Callable[[RetryCallState], None]:
-        def log(retry_state: RetryCallState) -> None:
-            self.metrics.handler_retries.inc()
-            outcome = retry_state.outcome
-            logger.warning(
-                "Handling message %s failed (attempt %d), retrying: %r",
-                message.id,
-                retry_state.attempt_number,
-                outcome.exception() if outcome is not None else None,
-            )
-
-        return log
-
-    def _record_failure(
-        self,
-        conn: db.Connection,
-        message: todo.InboundMessage,
-        command: str,
-        attempts: int,
-        error: BaseException | None,
-        started: float,
-    ) -> _Handled:
-        with db.database_errors(), conn.transaction():
-            conn.execute(
-                queries.RECORD_FAILURE,
-                {
-                    "message_id": message.id,
-                    "date_created": message.date_created,
-                    "command": command,
-                    "error": repr(error),
-                    "attempts": attempts,
-                },
-            )
-        logger.error(
-            "Giving up on message %s after %d attempts; recorded as failed: %r",
-            message.id,
-            attempts,
-            error,
-        )
-        return _Handled(message, command, "failed", time.monotonic() - started, 0)
-
-    def _report(self, handled: _Handled) -> None:
-        self.metrics.messages_handled.labels(command=handled.command, outcome=handled.outcome).inc()
-        self.metrics.handler_duration.observe(handled.duration_s)
-        logger.info(
-            "Handled message %s from %s: command=%s outcome=%s replies=%d in %.1f ms.",
-            handled.message.id,
-            mask_phone_number(handled.message.from_number),
-            handled.command,
-            handled.outcome,
-            handled.replies,
-            handled.duration_s * 1000,
-        )
 
     def _refresh_stats(self, conn: db.Connection) -> None:
         now = time.monotonic()

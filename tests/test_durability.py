@@ -200,7 +200,7 @@ def test_failing_handler_recorded_and_skipped(conn, start_worker):
     ).fetchone()
     assert row is not None
     outcome, attempts, error = row
-    assert outcome == "failed"
+    assert outcome == "dead-letter"
     assert attempts == 3
     assert "poison item rejected" in error
     replies = conn.execute("SELECT count(*) FROM smsworker.outbox WHERE message_id = %s", [poison])
