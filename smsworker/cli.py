@@ -13,17 +13,20 @@ from types import FrameType
 
 import click
 
-from smsworker import __version__, db
+from smsworker import __version__, db, deadletters
 from smsworker.embedded import embedded_database_url
 from smsworker.errors import SmsWorkerError
-from smsworker.logs import configure_logging, mask_phone_number
+from smsworker.logs import configure_logging, mask_phone_number, mask_phone_numbers
 from smsworker.metrics import Metrics
 from smsworker.sender import ConsoleSender, Sender, TwilioSender
 from smsworker.settings import (
     BATCH_SIZE,
+    DATABASE_RETRY_LIMIT_S,
+    DEFAULT_CURSOR_NAME,
     DEFAULT_EMBEDDED_DATA_DIR,
     DEFAULT_METRICS_PORT,
     DEFAULT_TWILIO_API_BASE_URL,
+    HANDLER_MAX_ATTEMPTS,
     LATE_ROW_WINDOW_S,
     POLL_INTERVAL_S,
     SEND_CONCURRENCY,
@@ -167,6 +170,24 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     help="Seconds before the cursor in which rows that arrive late are still handled.",
 )
 @click.option(
+    "--handler-max-attempts",
+    envvar="SMSWORKER_HANDLER_MAX_ATTEMPTS",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=HANDLER_MAX_ATTEMPTS,
+    show_default=True,
+    help="Attempts of a failing handler before its message goes to the dead letters.",
+)
+@click.option(
+    "--database-retry-limit",
+    envvar="SMSWORKER_DATABASE_RETRY_LIMIT",
+    show_envvar=True,
+    type=click.FloatRange(min=0),
+    default=DATABASE_RETRY_LIMIT_S,
+    show_default=True,
+    help="Seconds the worker keeps reconnecting to an unreachable database before it exits.",
+)
+@click.option(
     "--send-concurrency",
     envvar="SMSWORKER_SEND_CONCURRENCY",
     show_envvar=True,
@@ -186,6 +207,8 @@ def run(
     poll_interval: float,
     batch_size: int,
     late_row_window: float,
+    handler_max_attempts: int,
+    database_retry_limit: float,
     send_concurrency: int,
 ) -> None:
     """Handle inbound messages until stopped with SIGTERM or Ctrl-C."""
@@ -221,6 +244,8 @@ def run(
             poll_interval_s=poll_interval,
             batch_size=batch_size,
             late_row_window_s=late_row_window,
+            handler_max_attempts=handler_max_attempts,
+            database_retry_limit_s=database_retry_limit,
             send_concurrency=send_concurrency,
         )
         worker = Worker(settings, sender_factory=_sender_factory(twilio), metrics=metrics)
@@ -313,3 +338,80 @@ def inbound(
     except SmsWorkerError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"Inserted inbound message {message_id} from {mask_phone_number(from_number)}.")
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Inspect and retry messages whose handler kept failing."""
+
+
+@dead_letters.command("list")
+@database_url_option
+@data_dir_option
+@click.option(
+    "--all", "include_retried", is_flag=True, help="Include dead letters already retried."
+)
+def dead_letters_list(database_url: str | None, data_dir: Path, include_retried: bool) -> None:
+    """List dead letters, oldest failure first."""
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        letters = deadletters.list_dead_letters(url, include_retried=include_retried)
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+    if not letters:
+        click.echo("No dead letters.")
+        return
+    for letter in letters:
+        retried = f", retried {letter.retried_at:%Y-%m-%d %H:%M:%S%z}" if letter.retried_at else ""
+        click.echo(
+            f"{letter.message_id}  {letter.attempts} attempts, "
+            f"first failed {letter.first_failed_at:%Y-%m-%d %H:%M:%S%z}, "
+            f"last failed {letter.last_failed_at:%Y-%m-%d %H:%M:%S%z}{retried}\n"
+            f"    {mask_phone_numbers(letter.error)}"
+        )
+
+
+@dead_letters.command("retry")
+@database_url_option
+@data_dir_option
+@click.option("--all", "retry_all", is_flag=True, help="Retry every dead letter not yet retried.")
+@click.option(
+    "--handler-max-attempts",
+    type=click.IntRange(min=1),
+    default=HANDLER_MAX_ATTEMPTS,
+    show_default=True,
+    help="Attempts per message before it goes back to the dead letters.",
+)
+@click.argument("message_ids", nargs=-1)
+def dead_letters_retry(
+    database_url: str | None,
+    data_dir: Path,
+    retry_all: bool,
+    handler_max_attempts: int,
+    message_ids: tuple[str, ...],
+) -> None:
+    """Handle dead-lettered messages again: MESSAGE_IDS, or --all.
+
+    Safe to run while a worker is running, and any number of times: a message
+    handled in the meantime is skipped. Exits 1 when a message fails again.
+    """
+    if bool(message_ids) == retry_all:
+        raise click.UsageError("give message ids or --all, not both and not neither")
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        ids = list(message_ids) or [
+            letter.message_id for letter in deadletters.list_dead_letters(url)
+        ]
+        summary = deadletters.retry_dead_letters(
+            url, ids, cursor_name=DEFAULT_CURSOR_NAME, max_attempts=handler_max_attempts
+        )
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+    for message_id in summary.not_dead:
+        click.echo(f"{message_id}: not a dead letter (unknown, or handled already); skipped.")
+    click.echo(
+        f"Retried {len(ids)} dead letters: {len(summary.handled)} handled, "
+        f"{len(summary.failed_again)} failed again, {len(summary.not_dead)} skipped."
+    )
+    if summary.failed_again:
+        sys.exit(1)

@@ -102,6 +102,30 @@ SET error = excluded.error,
     retried_at = NULL
 """
 
+# Dead letters for operators, oldest failure first.
+LIST_DEAD_LETTERS = """
+SELECT d.message_id, d.attempts, d.first_failed_at, d.last_failed_at, d.retried_at, d.error
+FROM smsworker.dead_letter AS d
+WHERE %(include_retried)s OR d.retried_at IS NULL
+ORDER BY d.first_failed_at, d.message_id
+"""
+
+# Lock a dead letter and release its message for handling again: the
+# message's handled record goes, so the handler can claim it once more.
+RELEASE_DEAD_LETTER = """
+WITH released AS (
+    DELETE FROM smsworker.handled_message
+    WHERE message_id = %(message_id)s AND outcome = 'dead-letter'
+    RETURNING message_id
+)
+SELECT m.id, m.date_created, m.body, m."from", m."to"
+FROM released JOIN twilio.message AS m ON m.id = released.message_id
+"""
+
+MARK_DEAD_LETTER_RETRIED = """
+UPDATE smsworker.dead_letter SET retried_at = now() WHERE message_id = %(message_id)s
+"""
+
 # Move the cursor forward; it never moves back, whatever order rows come in.
 ADVANCE_CURSOR = """
 UPDATE smsworker.processor_cursor

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_METRICS_PORT = 9108
+# The processor_cursor row the to-do list worker reads and advances.
+DEFAULT_CURSOR_NAME = "todo"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 # Where the embedded PostgreSQL keeps its data when DATABASE_URL is not set,
 # relative to the working directory.
@@ -58,7 +60,7 @@ class Settings:
     send_retry_budget_s: float = SEND_RETRY_BUDGET_S
     handler_max_attempts: int = HANDLER_MAX_ATTEMPTS
     database_retry_limit_s: float = DATABASE_RETRY_LIMIT_S
-    cursor_name: str = "todo"
+    cursor_name: str = DEFAULT_CURSOR_NAME
 
     def __repr__(self) -> str:
         # The database URL may carry a password.

@@ -262,3 +262,49 @@ def wait_until_handled(conn: psycopg.Connection[Any], count: int, timeout: float
         timeout=timeout,
         message=f"{count} handled messages and an empty outbox",
     )
+
+
+class RestartableServer:
+    """An embedded PostgreSQL of one test's own, which the test may stop and restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import pgserver
+
+        self.server = pgserver.get_server(data_dir, cleanup_mode="delete")
+        self.data_dir = data_dir
+        self.url = self.server.get_uri()
+
+    def stop(self) -> None:
+        """Stop the server with a fast shutdown, as an operator's restart does."""
+        from pgserver import _commands
+
+        _commands.pg_ctl(
+            ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self.server.system_user
+        )
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def restartable_server() -> Iterator[RestartableServer]:
+    """A migrated embedded PostgreSQL that the test may stop and start.
+
+    Skipped with TEST_DATABASE_URL, since the tests must not restart a
+    server they did not start.
+    """
+    if os.environ.get("TEST_DATABASE_URL"):
+        pytest.skip("restarting PostgreSQL needs the embedded server")
+    data_dir = Path(tempfile.mkdtemp(prefix="smsworker-test-restart-"))
+    data_dir.chmod(0o755)
+    server = RestartableServer(data_dir)
+    db.migrate(server.url)
+    try:
+        yield server
+    finally:
+        server.start()
+        server.server.cleanup()

@@ -1,0 +1,80 @@
+"""Operator commands on dead letters: messages whose handler kept failing."""
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from smsworker import db, queries, todo
+from smsworker.handling import DEAD_LETTER_OUTCOME, MessageHandler
+from smsworker.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that was moved to the dead letters, with why and when."""
+
+    message_id: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    retried_at: datetime | None
+    error: str
+
+
+@dataclass
+class RetrySummary:
+    """What `retry` did with each message id it was given."""
+
+    handled: list[str] = field(default_factory=list)
+    failed_again: list[str] = field(default_factory=list)
+    not_dead: list[str] = field(default_factory=list)
+
+
+def list_dead_letters(database_url: str, *, include_retried: bool = False) -> list[DeadLetter]:
+    """Return the dead letters, oldest failure first."""
+    with db.connect(database_url, autocommit=True) as conn, db.database_errors():
+        rows = conn.execute(queries.LIST_DEAD_LETTERS, {"include_retried": include_retried})
+        return [DeadLetter(*row) for row in rows]
+
+
+def retry_dead_letters(
+    database_url: str,
+    message_ids: list[str],
+    *,
+    cursor_name: str,
+    max_attempts: int,
+) -> RetrySummary:
+    """Handle dead-lettered messages again, each in a transaction of its own.
+
+    A message handled in the meantime (by an earlier retry, say) is left
+    alone, so running this twice applies nothing twice. Replies go to the
+    outbox, where a running worker sends them.
+    """
+    summary = RetrySummary()
+    handler = MessageHandler(
+        cursor_name=cursor_name,
+        max_attempts=max_attempts,
+        metrics=Metrics(),
+        stop_event=threading.Event(),
+    )
+    with db.connect(database_url, autocommit=True) as conn, db.database_errors():
+        for message_id in message_ids:
+            with conn.transaction():
+                row = conn.execute(
+                    queries.RELEASE_DEAD_LETTER, {"message_id": message_id}
+                ).fetchone()
+                if row is None:
+                    summary.not_dead.append(message_id)
+                    continue
+                done = handler.handle_batch(conn, [todo.InboundMessage(*row)])
+                if not done:
+                    summary.not_dead.append(message_id)
+                elif done[0].outcome == DEAD_LETTER_OUTCOME:
+                    summary.failed_again.append(message_id)
+                else:
+                    conn.execute(queries.MARK_DEAD_LETTER_RETRIED, {"message_id": message_id})
+                    summary.handled.append(message_id)
+    return summary
