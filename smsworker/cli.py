@@ -1,6 +1,7 @@
 """The `smsworker` command line. It parses options, builds settings and hands off."""
 
 import logging
+import math
 import os
 import re
 import signal
@@ -10,8 +11,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from smsworker import __version__, db, deadletters
 from smsworker.embedded import embedded_database_url
@@ -44,9 +48,30 @@ DEFAULT_BOT_NUMBER = "+12135550100"
 DEMO_ACCOUNT_SID = "AC" + "0" * 32
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also rejects nan and infinity, which pass its comparisons."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+def check_database_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Reject a database URL that libpq cannot parse, before anything connects."""
+    if value:
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError as error:
+            raise click.BadParameter(f"invalid connection string: {error}") from error
+    return value
+
+
 database_url_option = click.option(
     "--database-url",
     envvar="DATABASE_URL",
+    callback=check_database_url,
     show_envvar=True,
     help="PostgreSQL connection URL. "
     "Without it, an embedded PostgreSQL keeps its data under --data-dir.",
@@ -146,7 +171,7 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     "--poll-interval",
     envvar="SMSWORKER_POLL_INTERVAL",
     show_envvar=True,
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloatRange(min=0.1, max=3600),
     default=POLL_INTERVAL_S,
     show_default=True,
     help="Seconds between catch-up queries when no notification arrives.",
@@ -155,7 +180,7 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     "--batch-size",
     envvar="SMSWORKER_BATCH_SIZE",
     show_envvar=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=10_000),
     default=BATCH_SIZE,
     show_default=True,
     help="Messages handled per transaction during catch-up.",
@@ -164,7 +189,7 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     "--late-row-window",
     envvar="SMSWORKER_LATE_ROW_WINDOW",
     show_envvar=True,
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0, max=366 * 24 * 3600),
     default=LATE_ROW_WINDOW_S,
     show_default=True,
     help="Seconds before the cursor in which rows that arrive late are still handled.",
@@ -173,7 +198,7 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     "--handler-max-attempts",
     envvar="SMSWORKER_HANDLER_MAX_ATTEMPTS",
     show_envvar=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=100),
     default=HANDLER_MAX_ATTEMPTS,
     show_default=True,
     help="Attempts of a failing handler before its message goes to the dead letters.",
@@ -182,7 +207,7 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     "--database-retry-limit",
     envvar="SMSWORKER_DATABASE_RETRY_LIMIT",
     show_envvar=True,
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0, max=7 * 24 * 3600),
     default=DATABASE_RETRY_LIMIT_S,
     show_default=True,
     help="Seconds the worker keeps reconnecting to an unreachable database before it exits.",
@@ -191,7 +216,7 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     "--send-concurrency",
     envvar="SMSWORKER_SEND_CONCURRENCY",
     show_envvar=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=100),
     default=SEND_CONCURRENCY,
     show_default=True,
     help="Replies sent to Twilio at the same time.",
@@ -233,7 +258,8 @@ def run(
         except OSError as error:
             raise click.ClickException(
                 f"cannot serve metrics on {metrics_address}:{metrics_port}: "
-                f"{error.strerror}. Choose another --metrics-port, or 0 to disable it."
+                f"{error.strerror}. Check --metrics-address, choose another "
+                "--metrics-port, or set it to 0 to disable the endpoint."
             ) from error
 
     try:
@@ -377,7 +403,7 @@ def dead_letters_list(database_url: str | None, data_dir: Path, include_retried:
 @click.option("--all", "retry_all", is_flag=True, help="Retry every dead letter not yet retried.")
 @click.option(
     "--handler-max-attempts",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=100),
     default=HANDLER_MAX_ATTEMPTS,
     show_default=True,
     help="Attempts per message before it goes back to the dead letters.",

@@ -17,8 +17,11 @@ MAX_POSITION_DIGITS = 9
 PREVIEW_LENGTH = 60
 
 # Twilio's reserved keywords. On long codes Twilio answers them itself and
-# blocks or unblocks the sender, so they are never list items.
-OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+# blocks or unblocks the sender, so they are never list items. REVOKE and
+# OPTOUT joined the opt-out defaults in 2025.
+OPT_OUT_KEYWORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+)
 OPT_IN_KEYWORDS = frozenset({"START", "UNSTOP", "YES"})
 HELP_KEYWORDS = frozenset({"HELP", "INFO"})
 
@@ -26,6 +29,7 @@ HELP_TEXT = (
     "Shared to-do list: text anything to add it, 1 or ls to see the list, del N to delete item N."
 )
 
+_NEWLINES = re.compile(r"\s*[\r\n]+\s*")
 _DELETE = re.compile(r"del(?:\s+(?P<argument>.*))?", re.IGNORECASE | re.DOTALL)
 
 
@@ -115,7 +119,10 @@ def format_list(items: list[str]) -> str:
     """Render the list as one `N. text` line per item, numbered from 1."""
     if not items:
         return "The list is empty. Text anything to add it."
-    return "\n".join(f"{number}. {text}" for number, text in enumerate(items, 1))
+    # An item typed over several lines is shown on one, so each line is one item.
+    return "\n".join(
+        f"{number}. {_NEWLINES.sub(' ', text)}" for number, text in enumerate(items, 1)
+    )
 
 
 def reply_length(text: str) -> int:
@@ -155,7 +162,8 @@ def _split_line(line: str, max_length: int) -> list[str]:
     while reply_length(line) > max_length:
         cut = _longest_prefix(line, max_length)
         space = line.rfind(" ", 0, cut + 1)
-        if space > 0:
+        # Cutting at a space far back would leave a stub such as "4." alone.
+        if space > cut // 2:
             cut = space
         pieces.append(line[:cut].rstrip())
         line = line[cut:].lstrip()

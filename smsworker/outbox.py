@@ -38,8 +38,10 @@ POSTPONE_S = 30.0
 # Upper bound on an idle sender's sleep, so replies whose next attempt falls
 # due are picked up without a wake-up.
 IDLE_WAIT_S = 1.0
-# Backoff after the sender's database connection failed.
-DATABASE_RETRY_S = 1.0
+# Backoff after the sender's database connection failed, doubling up to the
+# maximum, so an outage logs a few warnings rather than one a second.
+DATABASE_RETRY_INITIAL_S = 1.0
+DATABASE_RETRY_MAX_S = 30.0
 
 
 class ReplyDelivery:
@@ -92,6 +94,7 @@ class ReplyDelivery:
     def _run(self) -> None:
         sender = self.sender_factory()
         conn: db.Connection | None = None
+        retry_delay_s = DATABASE_RETRY_INITIAL_S
         while not self.stop_event.is_set():
             try:
                 if conn is None or conn.closed:
@@ -101,18 +104,22 @@ class ReplyDelivery:
                 with db.database_errors():
                     sent = self._deliver_next(conn, sender)
             except DatabaseUnavailable as error:
-                logger.warning("Reply sender lost the database, retrying: %s", error)
+                logger.warning(
+                    "Reply sender lost the database, retrying in %.0f s: %s", retry_delay_s, error
+                )
                 if conn is not None:
                     conn.close()
                 conn = None
-                self.stop_event.wait(DATABASE_RETRY_S)
+                self.stop_event.wait(retry_delay_s)
+                retry_delay_s = min(retry_delay_s * 2, DATABASE_RETRY_MAX_S)
                 continue
             except Exception:
                 # A bug must not silently end this thread and leave replies
                 # unsent; the reply in hand stays pending and is tried again.
                 logger.exception("Reply sender failed unexpectedly, retrying.")
-                self.stop_event.wait(DATABASE_RETRY_S)
+                self.stop_event.wait(DATABASE_RETRY_MAX_S)
                 continue
+            retry_delay_s = DATABASE_RETRY_INITIAL_S
             if not sent:
                 with self._wakeup:
                     self._wakeup.wait(IDLE_WAIT_S)

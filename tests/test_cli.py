@@ -633,6 +633,39 @@ def test_run_metrics_port_taken_exits_1(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--poll-interval", "nan"],
+        ["--late-row-window", "inf"],
+        ["--late-row-window", "1e300"],
+        ["--batch-size", "99999999999999999999"],
+        ["--send-concurrency", "100000"],
+        ["--database-retry-limit", "-1"],
+        ["--database-url", "garbage"],
+    ],
+    ids=[
+        "nan-poll",
+        "inf-window",
+        "huge-window",
+        "huge-batch",
+        "huge-concurrency",
+        "negative-limit",
+        "garbage-url",
+    ],
+)
+def test_run_invalid_option_exits_2(
+    database_url: str, tmp_path: Path, arguments: list[str]
+) -> None:
+    result = run_cli(
+        "run", "--metrics-port", "0", *arguments, env=cli_env(database_url), cwd=tmp_path
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert arguments[0] in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("present", ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"])
 def test_run_half_twilio_credentials_exits_2(
     database_url: str, fake_twilio: FakeTwilio, tmp_path: Path, present: str

@@ -107,7 +107,7 @@ def test_parse_list_command(body: str) -> None:
 KEYWORD_CASES = [
     *(
         (word, Command.OPT_OUT)
-        for word in ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"]
+        for word in ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"]
     ),
     *((word, Command.OPT_IN) for word in ["START", "UNSTOP", "YES"]),
     *((word, Command.HELP) for word in ["HELP", "INFO"]),
@@ -263,6 +263,19 @@ def test_preview_shortens_long_text() -> None:
 
 def test_format_list_numbers_from_one() -> None:
     assert format_list(["milk", "eggs", "bread"]) == "1. milk\n2. eggs\n3. bread"
+
+
+def test_format_list_item_over_lines_one_line() -> None:
+    assert format_list(["milk\r\n  and\n\nbread", "eggs"]) == "1. milk and bread\n2. eggs"
+
+
+def test_split_reply_keeps_number_with_text() -> None:
+    line = "4. " + "x" * 2000
+
+    parts = split_reply(line)
+
+    assert parts[0].startswith("4. xxx")
+    assert "".join(parts) == line
 
 
 def test_format_list_single_item() -> None:
