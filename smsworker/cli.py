@@ -433,8 +433,14 @@ def dead_letters_retry(
         )
     except SmsWorkerError as error:
         raise click.ClickException(str(error)) from error
+    if not ids:
+        click.echo("No dead letters to retry.")
+        return
     for message_id in summary.not_dead:
-        click.echo(f"{message_id}: not a dead letter (unknown, or handled already); skipped.")
+        click.echo(
+            f"{message_id}: not a dead letter (unknown, handled already, or its message "
+            "is no longer in twilio.message); skipped."
+        )
     click.echo(
         f"Retried {len(ids)} dead letters: {len(summary.handled)} handled, "
         f"{len(summary.failed_again)} failed again, {len(summary.not_dead)} skipped."

@@ -64,7 +64,9 @@ def database_errors() -> Iterator[None]:
     try:
         yield
     except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-        raise DatabaseUnavailable(f"lost the database connection: {error}") from error
+        # The server's CONTEXT lines would make a multi-line log record.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise DatabaseUnavailable(f"lost the database connection: {first_line}") from error
 
 
 def migration_files() -> list[Path]:

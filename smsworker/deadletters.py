@@ -63,12 +63,11 @@ def retry_dead_letters(
     with db.connect(database_url, autocommit=True) as conn, db.database_errors():
         for message_id in message_ids:
             with conn.transaction():
-                row = conn.execute(
-                    queries.RELEASE_DEAD_LETTER, {"message_id": message_id}
-                ).fetchone()
+                row = conn.execute(queries.LOCK_DEAD_LETTER, {"message_id": message_id}).fetchone()
                 if row is None:
                     summary.not_dead.append(message_id)
                     continue
+                conn.execute(queries.RELEASE_DEAD_LETTER, {"message_id": message_id})
                 done = handler.handle_batch(conn, [todo.InboundMessage(*row)])
                 if not done:
                     summary.not_dead.append(message_id)

@@ -85,11 +85,20 @@ class ReplyDelivery:
         with self._wakeup:
             self._wakeup.notify_all()
 
-    def join(self, timeout_s: float | None = None) -> None:
-        """Wait for the senders to finish the reply in hand after a stop."""
+    def join(self, timeout_s: float) -> None:
+        """Wait up to timeout_s in all for the senders to finish the reply in hand."""
         self.wake()
+        deadline = time.monotonic() + timeout_s
         for thread in self._threads:
-            thread.join(timeout_s)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        busy = sum(thread.is_alive() for thread in self._threads)
+        if busy:
+            logger.warning(
+                "%d reply senders still waiting on Twilio after %.0f s; their replies stay "
+                "pending and are sent again on restart.",
+                busy,
+                timeout_s,
+            )
 
     def _run(self) -> None:
         sender = self.sender_factory()

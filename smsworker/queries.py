@@ -110,16 +110,23 @@ WHERE %(include_retried)s OR d.retried_at IS NULL
 ORDER BY d.first_failed_at, d.message_id
 """
 
-# Lock a dead letter and release its message for handling again: the
-# message's handled record goes, so the handler can claim it once more.
-RELEASE_DEAD_LETTER = """
-WITH released AS (
-    DELETE FROM smsworker.handled_message
-    WHERE message_id = %(message_id)s AND outcome = 'dead-letter'
-    RETURNING message_id
-)
+# Lock a dead letter whose message is still dead-lettered and still in
+# twilio.message, and return that message.
+LOCK_DEAD_LETTER = """
 SELECT m.id, m.date_created, m.body, m."from", m."to"
-FROM released JOIN twilio.message AS m ON m.id = released.message_id
+FROM smsworker.dead_letter AS d
+JOIN smsworker.handled_message AS h
+  ON h.message_id = d.message_id AND h.outcome = 'dead-letter'
+JOIN twilio.message AS m ON m.id = d.message_id
+WHERE d.message_id = %(message_id)s
+FOR UPDATE OF d, h
+"""
+
+# Release a locked dead letter's message: without its handled record, the
+# handler can claim it once more.
+RELEASE_DEAD_LETTER = """
+DELETE FROM smsworker.handled_message
+WHERE message_id = %(message_id)s AND outcome = 'dead-letter'
 """
 
 MARK_DEAD_LETTER_RETRIED = """

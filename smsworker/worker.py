@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 # Maximum time the loop waits for a notification before it checks for a stop
 # request.
 WAIT_SLICE_S = 0.5
+# How long a stop waits for senders to finish the reply in hand. A sender
+# still waiting on Twilio then is abandoned: its reply stays pending and is
+# sent again after a restart, possibly twice if Twilio did receive it.
+SHUTDOWN_GRACE_S = 5.0
 # How often a standby tries to take over the active role.
 STANDBY_POLL_S = 1.0
 LISTENER_NAME = "smsworker-listener"
@@ -84,7 +88,7 @@ class Worker:
             self._run_with_reconnects()
         finally:
             self.stop_event.set()
-            self.delivery.join()
+            self.delivery.join(SHUTDOWN_GRACE_S)
         logger.info("smsworker stopped.")
 
     def _run_with_reconnects(self) -> None:
