@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -251,6 +252,11 @@ def run(
     if twilio_account_sid and twilio_auth_token:
         twilio = TwilioSettings(twilio_account_sid, twilio_auth_token, twilio_api_base_url)
 
+    # Signals are handled from here on, so one that arrives while the embedded
+    # database starts still means a clean stop and exit 0.
+    stop_event = threading.Event()
+    _stop_on_signals(stop_event.set)
+
     metrics = Metrics()
     if metrics_port:
         try:
@@ -274,7 +280,12 @@ def run(
             database_retry_limit_s=database_retry_limit,
             send_concurrency=send_concurrency,
         )
-        worker = Worker(settings, sender_factory=_sender_factory(twilio), metrics=metrics)
+        worker = Worker(
+            settings,
+            sender_factory=_sender_factory(twilio),
+            metrics=metrics,
+            stop_event=stop_event,
+        )
         _stop_on_signals(worker.stop)
         worker.run()
     except SmsWorkerError as error:

@@ -146,6 +146,10 @@ class ReplyDelivery:
 
             def send() -> str:
                 nonlocal attempts
+                # The claim is a row lock. If this connection died during a
+                # backoff, the lock is gone and another sender may have sent
+                # the reply already: this query then fails and nothing is sent.
+                conn.execute(queries.CHECK_REPLY_CLAIM, {"id": reply_id})
                 attempts += 1
                 started = time.monotonic()
                 try:

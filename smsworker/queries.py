@@ -209,6 +209,11 @@ LIMIT 1
 FOR UPDATE SKIP LOCKED
 """
 
+# Fails when the claiming connection is gone; used before each send attempt.
+CHECK_REPLY_CLAIM = """
+SELECT 1 FROM smsworker.outbox WHERE id = %(id)s
+"""
+
 MARK_REPLY_SENT = """
 UPDATE smsworker.outbox
 SET status = 'sent', twilio_sid = %(twilio_sid)s, attempts = attempts + %(attempts)s,
