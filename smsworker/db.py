@@ -36,17 +36,25 @@ MIGRATION_LOCK_KEY = 0x736D7377  # "smsw"
 Connection = psycopg.Connection[TupleRow]
 
 
-def connect(
-    database_url: str, *, autocommit: bool = False, application_name: str = "smsworker"
-) -> Connection:
-    """Open a connection, translating failure into DatabaseUnavailable."""
+def connection_options(database_url: str, application_name: str) -> str:
+    """Return the connection string with smsworker's timeouts and keepalives added.
+
+    Keepalives matter only over TCP; a Unix socket has no peer to lose.
+    """
     options: dict[str, int | str] = {
         "connect_timeout": CONNECT_TIMEOUT_S,
         "application_name": application_name,
     }
     if not _is_unix_socket(database_url):
         options.update(KEEPALIVE_OPTIONS)
-    conninfo = psycopg.conninfo.make_conninfo(database_url, **options)
+    return psycopg.conninfo.make_conninfo(database_url, **options)
+
+
+def connect(
+    database_url: str, *, autocommit: bool = False, application_name: str = "smsworker"
+) -> Connection:
+    """Open a connection, translating failure into DatabaseUnavailable."""
+    conninfo = connection_options(database_url, application_name)
     try:
         return psycopg.connect(conninfo, autocommit=autocommit)
     except psycopg.OperationalError as error:
