@@ -26,7 +26,7 @@ class DeadLetter:
 
 @dataclass
 class RetrySummary:
-    """What `retry` did with each message id it was given."""
+    """The outcome of `retry_dead_letters` for each message id it was given."""
 
     handled: list[str] = field(default_factory=list)
     failed_again: list[str] = field(default_factory=list)
