@@ -13,6 +13,11 @@ MAX_REPLY_LENGTH = 1600
 # Item numbers longer than this cannot exist; checked before int() so that a
 # huge number is an ordinary invalid command.
 MAX_POSITION_DIGITS = 9
+# The longest `ls` reply, in UTF-16 code units: five SMS bodies at most.
+MAX_LIST_REPLY_LENGTH = 5 * MAX_REPLY_LENGTH
+# Items read for an `ls` reply: enough to fill MAX_LIST_REPLY_LENGTH, since a
+# line takes at least four characters ("1. x" and its newline).
+MAX_LIST_ITEMS = MAX_LIST_REPLY_LENGTH // 4
 # How much of an item's text the add and delete confirmations repeat.
 PREVIEW_LENGTH = 60
 
@@ -115,14 +120,29 @@ def preview(text: str) -> str:
     return text[: PREVIEW_LENGTH - 1].rstrip() + "…"
 
 
-def format_list(items: list[str]) -> str:
-    """Render the list as one `N. text` line per item, numbered from 1."""
-    if not items:
+def format_list(items: list[str], total: int | None = None) -> str:
+    """Render the list as one `N. text` line per item, numbered from 1.
+
+    `total` is the list's size when `items` holds only its first items. The
+    reply stops after MAX_LIST_REPLY_LENGTH characters with a line saying how
+    many items were left out, so a long list costs a bounded number of SMS.
+    """
+    total = len(items) if total is None else total
+    if total == 0:
         return "The list is empty. Text anything to add it."
-    # An item typed over several lines is shown on one, so each line is one item.
-    return "\n".join(
-        f"{number}. {_NEWLINES.sub(' ', text)}" for number, text in enumerate(items, 1)
-    )
+
+    lines: list[str] = []
+    length = 0
+    for number, text in enumerate(items, 1):
+        # An item typed over several lines is shown on one, so each line is one item.
+        line = f"{number}. {_NEWLINES.sub(' ', text)}"
+        if lines and length + reply_length(line) + 1 > MAX_LIST_REPLY_LENGTH:
+            break
+        lines.append(line)
+        length += reply_length(line) + 1
+    if len(lines) < total:
+        lines.append(f"…and {total - len(lines)} more. Send del N to remove done items.")
+    return "\n".join(lines)
 
 
 def reply_length(text: str) -> int:

@@ -166,9 +166,9 @@ WHERE c.name = %(cursor)s
   AND m.deleted IS NOT TRUE
 """
 
-# The list, in the order items were added.
+# The first items of the list, in the order they were added.
 LIST_ITEMS = """
-SELECT id, body FROM smsworker.list_item ORDER BY id
+SELECT body FROM smsworker.list_item ORDER BY id LIMIT %(limit)s
 """
 
 ADD_ITEM = """
@@ -176,7 +176,7 @@ INSERT INTO smsworker.list_item (message_id, body) VALUES (%(message_id)s, %(bod
 """
 
 COUNT_ITEMS = """
-SELECT count(*) FROM smsworker.list_item
+SELECT item_count FROM smsworker.list_size WHERE name = 'todo'
 """
 
 # Delete the item at a 1-based position in the list's order.

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from smsworker import queries
 from smsworker.commands import (
     HELP_TEXT,
+    MAX_LIST_ITEMS,
     Command,
     ParsedMessage,
     format_list,
@@ -42,7 +43,7 @@ def apply(conn: Connection, message: InboundMessage, parsed: ParsedMessage) -> R
         case Command.ADD:
             return _add(conn, message, parsed.text)
         case Command.LIST:
-            return Result("listed", format_list(_items(conn)))
+            return Result("listed", format_list(_first_items(conn), _count_items(conn)))
         case Command.DELETE:
             return _delete(conn, parsed)
         case Command.HELP:
@@ -79,8 +80,9 @@ def _delete(conn: Connection, parsed: ParsedMessage) -> Result:
     return Result("deleted", f"Deleted {parsed.position}. {preview(row[0])}")
 
 
-def _items(conn: Connection) -> list[str]:
-    return [body for _, body in conn.execute(queries.LIST_ITEMS)]
+def _first_items(conn: Connection) -> list[str]:
+    rows = conn.execute(queries.LIST_ITEMS, {"limit": MAX_LIST_ITEMS})
+    return [body for (body,) in rows]
 
 
 def _count_items(conn: Connection) -> int:

@@ -202,3 +202,37 @@ def test_long_body_added_and_listed(conn, start_worker, fake_twilio: FakeTwilio)
     assert all(reply_length(part) <= MAX_REPLY_LENGTH for part in parts)
     assert " ".join(parts) == "1. " + text.strip()
     fake_twilio.wait_for_messages(1 + len(parts))
+
+
+def test_long_list_reply_capped(conn, start_worker):
+    conn.execute(
+        """
+        INSERT INTO twilio.message (id, body, date_created, direction, "from", "to")
+        SELECT 'SM' || md5(n::text), 'bulk item ' || n,
+               timestamp '2026-01-01' + n * interval '1 second', 'inbound', %s, %s
+        FROM generate_series(1, 600) AS n
+        """,
+        [ALICE, BOT_NUMBER],
+    )
+    start_worker(batch_size=200)
+    wait_until_handled(conn, 600, timeout=60)
+    listing = insert_inbound(conn, "ls")
+    wait_until_handled(conn, 601)
+
+    parts = replies_to(conn, listing)
+    shown = "\n".join(parts).split("\n")
+    assert len(parts) <= 6
+    assert shown[0] == "1. bulk item 1"
+    assert shown[-1] == f"…and {600 - (len(shown) - 1)} more. Send del N to remove done items."
+
+
+def test_list_size_follows_manual_delete(conn, start_worker):
+    start_worker()
+    for body in ("one", "two", "three"):
+        insert_inbound(conn, body)
+    wait_until_handled(conn, 3)
+    conn.execute("DELETE FROM smsworker.list_item WHERE body = 'two'")
+    added = insert_inbound(conn, "four")
+    wait_until_handled(conn, 4)
+
+    assert replies_to(conn, added) == ["Added 3. four"]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 import pytest
 
 from smsworker.commands import (
+    MAX_LIST_REPLY_LENGTH,
     MAX_REPLY_LENGTH,
     PREVIEW_LENGTH,
     Command,
@@ -502,3 +503,21 @@ def test_split_reply_random_fitting_lines_rejoin() -> None:
 
         assert_valid_parts(parts, text, max_length)
         assert "\n".join(parts) == text
+
+
+def test_format_list_long_list_capped() -> None:
+    items = [f"item number {index} with a few more words" for index in range(1000)]
+
+    text = format_list(items)
+
+    lines = text.split("\n")
+    assert reply_length(text) <= MAX_LIST_REPLY_LENGTH + 100
+    assert len(split_reply(text)) <= 6
+    assert lines[0] == "1. item number 0 with a few more words"
+    assert lines[-1] == f"…and {1001 - len(lines)} more. Send del N to remove done items."
+
+
+def test_format_list_total_beyond_items() -> None:
+    text = format_list(["milk"], total=3)
+
+    assert text == "1. milk\n…and 2 more. Send del N to remove done items."
