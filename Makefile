@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -20,9 +20,13 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+# Sizes come from BENCH_* variables; see bench/run.py.
+bench: install
+	$(BIN)/python bench/run.py
+
 lint: install
-	$(BIN)/ruff check smsworker tests
-	$(BIN)/ruff format --check smsworker tests
+	$(BIN)/ruff check smsworker tests bench
+	$(BIN)/ruff format --check smsworker tests bench
 	$(BIN)/mypy smsworker
 
 clean:

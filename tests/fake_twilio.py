@@ -18,6 +18,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -56,6 +57,8 @@ class SentMessage:
     to: str
     from_: str
     body: str
+    # time.monotonic() when the fake accepted it, for latency measurements.
+    received_at: float = field(default=0.0, compare=False)
 
 
 @dataclass(eq=False)
@@ -322,7 +325,9 @@ class FakeTwilio:
         if to in self.opted_out:
             raise _ApiError.for_code(21610)
 
-        sent = SentMessage("SM" + uuid.uuid4().hex, self.account_sid, to, from_, body)
+        sent = SentMessage(
+            "SM" + uuid.uuid4().hex, self.account_sid, to, from_, body, time.monotonic()
+        )
         with self._changed:
             self._messages.append(sent)
             self._changed.notify_all()
