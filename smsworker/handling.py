@@ -22,7 +22,7 @@ from tenacity import (
 )
 
 from smsworker import db, queries, todo
-from smsworker.commands import parse, split_reply
+from smsworker.commands import ParsedMessage, parse, split_reply
 from smsworker.errors import DatabaseUnavailable
 from smsworker.logs import mask_phone_number
 from smsworker.metrics import Metrics
@@ -70,21 +70,46 @@ class MessageHandler:
     def handle_batch(
         self, conn: db.Connection, messages: Sequence[todo.InboundMessage]
     ) -> list[Handled]:
-        """Apply messages in one transaction, each in a savepoint of its own.
+        """Apply messages in one transaction and return those handled now.
 
-        Returns the messages handled now; those handled before are skipped.
-        Stops early, committing what is done, when the stop event is set.
+        Messages handled before are skipped. The batch first runs without
+        savepoints, which saves two round trips a message; if any message
+        fails, that attempt rolls back whole and the batch runs again with a
+        savepoint, retries and a dead letter for each message. Stops early,
+        committing what is done, when the stop event is set.
         """
         if not messages:
             return []
+        try:
+            done = self._apply_batch(conn, messages, self._apply_without_savepoint)
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            logger.warning(
+                "A message in a batch of %d failed (%r); handling them one at a time.",
+                len(messages),
+                error,
+            )
+            done = self._apply_batch(conn, messages, self.handle_one)
+
+        for handled in done:
+            self._report(handled)
+        return done
+
+    def _apply_batch(
+        self,
+        conn: db.Connection,
+        messages: Sequence[todo.InboundMessage],
+        apply: Callable[[db.Connection, todo.InboundMessage], Handled | None],
+    ) -> list[Handled]:
         done: list[Handled] = []
         last: todo.InboundMessage | None = None
-        with conn.transaction():
+        with db.database_errors(), conn.transaction():
             for message in messages:
                 if last is not None and self.stop_event.is_set():
                     break
                 try:
-                    handled = self.handle_one(conn, message)
+                    handled = apply(conn, message)
                 except Interrupted:
                     # Stopped while retrying a failing handler: the message
                     # stays unhandled, and the cursor stays before it.
@@ -101,10 +126,50 @@ class MessageHandler:
                         "message_id": last.id,
                     },
                 )
-
-        for handled in done:
-            self._report(handled)
         return done
+
+    def _apply_without_savepoint(
+        self, conn: db.Connection, message: todo.InboundMessage
+    ) -> Handled | None:
+        started = time.monotonic()
+        parsed = parse(message.body)
+        outcome = self._apply(conn, message, parsed, attempts=1)
+        if outcome is None:
+            logger.debug("Message %s was handled before; skipped.", message.id)
+            return None
+        result, replies = outcome
+        return Handled(
+            message, parsed.command.value, result.outcome, time.monotonic() - started, replies
+        )
+
+    def _apply(
+        self,
+        conn: db.Connection,
+        message: todo.InboundMessage,
+        parsed: ParsedMessage,
+        *,
+        attempts: int,
+    ) -> tuple[todo.Result, int] | None:
+        """Claim one message and apply it; None when it was handled before."""
+        params = {
+            "message_id": message.id,
+            "date_created": message.date_created,
+            "command": parsed.command.value,
+        }
+        if conn.execute(queries.CLAIM_MESSAGE, params).fetchone() is None:
+            return None
+        result = todo.apply(conn, message, parsed)
+        replies = self._queue_replies(conn, message, result.reply)
+        conn.execute(
+            queries.RECORD_OUTCOME,
+            {
+                "message_id": message.id,
+                "outcome": result.outcome,
+                "error": None,
+                "attempts": attempts,
+            },
+        )
+        return result, replies
 
     def handle_one(self, conn: db.Connection, message: todo.InboundMessage) -> Handled | None:
         """Apply one message in a savepoint, retrying a failing handler.
@@ -124,25 +189,7 @@ class MessageHandler:
             parsed = parse(message.body)
             command = parsed.command.value
             with db.database_errors(), conn.transaction():
-                params = {
-                    "message_id": message.id,
-                    "date_created": message.date_created,
-                    "command": command,
-                }
-                if conn.execute(queries.CLAIM_MESSAGE, params).fetchone() is None:
-                    return None
-                result = todo.apply(conn, message, parsed)
-                replies = self._queue_replies(conn, message, result.reply)
-                conn.execute(
-                    queries.RECORD_OUTCOME,
-                    {
-                        "message_id": message.id,
-                        "outcome": result.outcome,
-                        "error": None,
-                        "attempts": attempts,
-                    },
-                )
-                return result, replies
+                return self._apply(conn, message, parsed, attempts=attempts)
 
         retrying = Retrying(
             retry=retry_if_not_exception_type(DatabaseUnavailable),

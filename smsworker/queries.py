@@ -171,8 +171,13 @@ LIST_ITEMS = """
 SELECT body FROM smsworker.list_item ORDER BY id LIMIT %(limit)s
 """
 
+# Add an item and return its number. The SELECT sees the list size from
+# before this statement's trigger ran, hence the + 1.
 ADD_ITEM = """
-INSERT INTO smsworker.list_item (message_id, body) VALUES (%(message_id)s, %(body)s)
+WITH added AS (
+    INSERT INTO smsworker.list_item (message_id, body) VALUES (%(message_id)s, %(body)s)
+)
+SELECT item_count + 1 FROM smsworker.list_size WHERE name = 'todo'
 """
 
 COUNT_ITEMS = """

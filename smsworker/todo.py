@@ -58,8 +58,8 @@ def apply(conn: Connection, message: InboundMessage, parsed: ParsedMessage) -> R
 
 
 def _add(conn: Connection, message: InboundMessage, text: str) -> Result:
-    conn.execute(queries.ADD_ITEM, {"message_id": message.id, "body": text})
-    number = _count_items(conn)
+    row = conn.execute(queries.ADD_ITEM, {"message_id": message.id, "body": text}).fetchone()
+    number = int(row[0]) if row else 0
     return Result("added", f"Added {number}. {preview(text)}")
 
 

@@ -235,3 +235,38 @@ def test_metrics_report_caught_up(conn, start_worker):
         "smsworker_messages_handled_total", {"command": "add", "outcome": "added"}
     )
     assert added == 31
+
+
+def test_failure_inside_batch_others_applied_once(conn, start_worker):
+    conn.execute(
+        """
+        CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.body = 'poison' THEN RAISE EXCEPTION 'poison item rejected'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER reject_poison BEFORE INSERT ON smsworker.list_item
+            FOR EACH ROW EXECUTE FUNCTION reject_poison();
+        """
+    )
+    bodies = [f"batch item {index}" for index in range(49)]
+    for body in bodies[:20]:
+        insert_inbound(conn, body)
+    poison = insert_inbound(conn, "poison")
+    for body in bodies[20:]:
+        insert_inbound(conn, body)
+
+    start_worker(batch_size=50, handler_max_attempts=2)
+    wait_until_handled(conn, 50)
+
+    assert list_items(conn) == bodies
+    assert item_counts(conn) == dict.fromkeys(bodies, 1)
+    replies = conn.execute(
+        "SELECT message_id, count(*) FROM smsworker.outbox GROUP BY message_id"
+    ).fetchall()
+    assert len(replies) == 49
+    assert all(count == 1 for _, count in replies)
+    outcome = conn.execute(
+        "SELECT outcome FROM smsworker.handled_message WHERE message_id = %s", [poison]
+    ).fetchone()
+    assert outcome == ("dead-letter",)
