@@ -22,6 +22,7 @@ test: install
 
 # Sizes come from BENCH_* variables; see bench/run.py.
 bench: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
 
 lint: install

@@ -285,6 +285,55 @@ def measure_memory(url: str, fake: FakeTwilio, count: int) -> tuple[float, float
     return peak_kb / 1024, count / elapsed
 
 
+def measure_pgqueuer(url: str, count: int) -> float:
+    """Return jobs per second for PgQueuer draining `count` jobs that each add an item.
+
+    PgQueuer 1.6 with its psycopg driver, in drain mode, batches of 100; the
+    handler inserts the item on a second autocommit connection.
+    """
+    import asyncio
+
+    from pgqueuer import PsycopgDriver, Queries, QueueManager
+    from pgqueuer.domain.types import QueueExecutionMode
+
+    async def drain() -> float:
+        async with (
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as queue_conn,
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as work_conn,
+        ):
+            await work_conn.execute(
+                "CREATE TABLE bench_pgq_item (id bigserial PRIMARY KEY, job_id bigint UNIQUE,"
+                " body text)"
+            )
+            queries = Queries(PsycopgDriver(queue_conn))
+            await queries.install()
+            for start in range(0, count, 1000):
+                size = min(1000, count - start)
+                payloads: list[bytes | None] = [
+                    f"bench item {start + offset}".encode() for offset in range(size)
+                ]
+                await queries.enqueue(["add"] * size, payloads, [0] * size)
+            manager = QueueManager(queries)
+
+            @manager.entrypoint("add")
+            async def add(job: Any) -> None:
+                await work_conn.execute(
+                    "INSERT INTO bench_pgq_item (job_id, body) VALUES (%s, %s)",
+                    [job.id, job.payload.decode()],
+                )
+
+            started = time.monotonic()
+            await manager.run(mode=QueueExecutionMode.drain, batch_size=100)
+            elapsed = time.monotonic() - started
+            cursor = await work_conn.execute("SELECT count(*) FROM bench_pgq_item")
+            row = await cursor.fetchone()
+            if row is None or row[0] != count:
+                raise RuntimeError(f"PgQueuer handled {row} jobs, not {count}")
+            return count / elapsed
+
+    return asyncio.run(drain())
+
+
 def main() -> None:
     drain_messages = env_int("BENCH_DRAIN_MESSAGES", 100_000)
     live_rate = env_int("BENCH_LIVE_RATE", 200)
@@ -321,6 +370,25 @@ def main() -> None:
                     f"{drain / insert_limit:.2f}",
                 )
             )
+
+            try:
+                import pgqueuer  # noqa: F401
+            except ImportError:
+                print("PgQueuer is not installed; `make bench` installs it.", flush=True)
+            else:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute("DROP SCHEMA IF EXISTS pgqueuer CASCADE")
+                    conn.execute("DROP TABLE IF EXISTS bench_pgq_item")
+                peer = measure_pgqueuer(url, drain_messages)
+                print(f"PgQueuer drain of {drain_messages}: {peer:.0f}/s", flush=True)
+                rows.append(
+                    (
+                        f"PgQueuer drain, {drain_messages:,} jobs adding an item",
+                        f"{peer:,.0f} jobs/s",
+                        f"smsworker {drain:,.0f} msg/s",
+                        f"{drain / peer:.2f} (smsworker / PgQueuer)",
+                    )
+                )
 
             reset_database(url)
             notify_limit = measure_notify_limit(url)
