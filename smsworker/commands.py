@@ -21,7 +21,7 @@ MAX_LIST_ITEMS = MAX_LIST_REPLY_LENGTH // 4
 # How much of an item's text the add and delete confirmations repeat.
 PREVIEW_LENGTH = 60
 
-# Twilio's reserved keywords. On long codes Twilio answers them itself and
+# Twilio's reserved keywords. On long codes Twilio replies to them itself and
 # blocks or unblocks the sender, so they are never list items. REVOKE and
 # OPTOUT joined the opt-out defaults in 2025.
 OPT_OUT_KEYWORDS = frozenset(
@@ -39,7 +39,7 @@ _DELETE = re.compile(r"del(?:\s+(?P<argument>.*))?", re.IGNORECASE | re.DOTALL)
 
 
 class Command(enum.StrEnum):
-    """What an inbound text asks for; the value is what logs and metrics show."""
+    """The command an inbound text contains. The value is its label in logs and metrics."""
 
     ADD = "add"
     LIST = "list"
@@ -154,7 +154,8 @@ def split_reply(text: str, max_length: int = MAX_REPLY_LENGTH) -> list[str]:
     """Split a reply into bodies Twilio accepts, at line boundaries.
 
     A single line longer than the limit is cut at the last space that fits,
-    or between two characters when there is none; never inside a character.
+    or between two characters when there is none. A cut never falls inside a
+    character.
     """
     if max_length < 2:
         raise ValueError(f"max_length must fit any character (2 UTF-16 units), not {max_length}")

@@ -6,7 +6,7 @@ class SmsWorkerError(Exception):
 
 
 class ConfigurationError(SmsWorkerError):
-    """A setting is missing or invalid; the message says which and how to fix it."""
+    """A setting is missing or invalid. The message names it and how to fix it."""
 
 
 class DatabaseUnavailable(SmsWorkerError):

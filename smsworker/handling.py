@@ -73,8 +73,8 @@ class MessageHandler:
         """Apply messages in one transaction and return those handled now.
 
         Messages handled before are skipped. The batch first runs without
-        savepoints, which saves two round trips a message; if any message
-        fails, that attempt rolls back whole and the batch runs again with a
+        savepoints, which saves two round trips a message. If any message
+        fails, that attempt rolls back whole, and the batch runs again with a
         savepoint, retries and a dead letter for each message. Stops early,
         committing what is done, when the stop event is set.
         """

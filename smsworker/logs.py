@@ -36,7 +36,7 @@ _FORMATTER = logging.Formatter()
 
 
 class PhoneNumberMaskingFilter(logging.Filter):
-    """Mask phone numbers in the formatted message of every record it sees."""
+    """Mask phone numbers in the message and traceback of every record it filters."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -171,7 +171,7 @@ LIST_ITEMS = """
 SELECT body FROM smsworker.list_item ORDER BY id LIMIT %(limit)s
 """
 
-# Add an item and return its number. The SELECT sees the list size from
+# Add an item and return its number. The SELECT reads the list size from
 # before this statement's trigger ran, hence the + 1.
 ADD_ITEM = """
 WITH added AS (

@@ -83,7 +83,7 @@ class TwilioSender:
         return sid
 
     def _translate(self, error: TwilioRestException) -> Exception:
-        description = f"Twilio answered HTTP {error.status}, error {error.code}: {error.msg}"
+        description = f"Twilio returned HTTP {error.status}, error {error.code}: {error.msg}"
         if error.status == 429 or error.status >= 500:
             return TransientSendError(
                 description,

@@ -7,7 +7,7 @@ DEFAULT_METRICS_PORT = 9108
 # The processor_cursor row the to-do list worker reads and advances.
 DEFAULT_CURSOR_NAME = "todo"
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
-# Where the embedded PostgreSQL keeps its data when DATABASE_URL is not set,
+# The data folder of the embedded PostgreSQL, used when DATABASE_URL is not set,
 # relative to the working directory.
 DEFAULT_EMBEDDED_DATA_DIR = Path(".smsworker/pgdata")
 

@@ -31,7 +31,7 @@ class InboundMessage:
 
 @dataclass(frozen=True)
 class Result:
-    """How a message was handled, and the reply to send (None for no reply)."""
+    """The outcome of handling a message, and the reply to send (None for no reply)."""
 
     outcome: str
     reply: str | None
@@ -49,7 +49,7 @@ def apply(conn: Connection, message: InboundMessage, parsed: ParsedMessage) -> R
         case Command.HELP:
             return Result("helped", HELP_TEXT)
         case Command.OPT_OUT | Command.OPT_IN:
-            # Twilio answers these keywords itself and blocks or unblocks the
+            # Twilio replies to these keywords itself and blocks or unblocks the
             # sender; a reply from us to an opted-out number would fail (21610).
             return Result("ignored", None)
         case Command.EMPTY:

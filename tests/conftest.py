@@ -308,3 +308,18 @@ def restartable_server() -> Iterator[RestartableServer]:
     finally:
         server.start()
         server.server.cleanup()
+
+
+def create_item_trigger(conn: psycopg.Connection[Any], name: str, body: str) -> None:
+    """Run `body` (PL/pgSQL) before each insert into smsworker.list_item."""
+    conn.execute(
+        f"""
+        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            {body}
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER {name} BEFORE INSERT ON smsworker.list_item
+            FOR EACH ROW EXECUTE FUNCTION {name}();
+        """
+    )

@@ -8,6 +8,7 @@ import psycopg
 
 from tests.conftest import (
     BOB,
+    create_item_trigger,
     handled_count,
     insert_inbound,
     list_items,
@@ -176,16 +177,10 @@ def test_row_without_notification_found_by_poll(conn, start_worker):
 
 
 def test_failing_handler_recorded_and_skipped(conn, start_worker):
-    conn.execute(
-        """
-        CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.body = 'poison' THEN RAISE EXCEPTION 'poison item rejected'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER reject_poison BEFORE INSERT ON smsworker.list_item
-            FOR EACH ROW EXECUTE FUNCTION reject_poison();
-        """
+    create_item_trigger(
+        conn,
+        "reject_poison",
+        "IF NEW.body = 'poison' THEN RAISE EXCEPTION 'poison item rejected'; END IF;",
     )
     insert_inbound(conn, "before")
     poison = insert_inbound(conn, "poison")
@@ -238,16 +233,10 @@ def test_metrics_report_caught_up(conn, start_worker):
 
 
 def test_failure_inside_batch_others_applied_once(conn, start_worker):
-    conn.execute(
-        """
-        CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.body = 'poison' THEN RAISE EXCEPTION 'poison item rejected'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER reject_poison BEFORE INSERT ON smsworker.list_item
-            FOR EACH ROW EXECUTE FUNCTION reject_poison();
-        """
+    create_item_trigger(
+        conn,
+        "reject_poison",
+        "IF NEW.body = 'poison' THEN RAISE EXCEPTION 'poison item rejected'; END IF;",
     )
     bodies = [f"batch item {index}" for index in range(49)]
     for body in bodies[:20]:

@@ -29,6 +29,7 @@ import pytest
 from tests.conftest import (
     ALICE,
     BOB,
+    create_item_trigger,
     handled_count,
     insert_inbound,
     list_items,
@@ -253,21 +254,6 @@ def outbox_rows(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
             "SELECT message_id, status, twilio_sid FROM smsworker.outbox ORDER BY id"
         )
     ]
-
-
-def create_item_trigger(conn: psycopg.Connection[Any], name: str, body: str) -> None:
-    """Run `body` (PL/pgSQL) before each insert into smsworker.list_item."""
-    conn.execute(
-        f"""
-        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            {body}
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER {name} BEFORE INSERT ON smsworker.list_item
-            FOR EACH ROW EXECUTE FUNCTION {name}();
-        """
-    )
 
 
 def handler_busy(conn: psycopg.Connection[Any]) -> bool:
@@ -593,7 +579,7 @@ def test_twilio_rate_limit_waits_retry_after(
     assert [reply.body for reply in replies] == ["Added 1. rate limited"]
     # The exponential backoff alone would retry within 2 s.
     assert waited >= 2.2
-    assert "retrying in 2.5 s: Twilio answered HTTP 429" in worker.stderr
+    assert "retrying in 2.5 s: Twilio returned HTTP 429" in worker.stderr
     wait_until(lambda: pending_replies(conn) == 0, message="the reply marked sent")
     row = conn.execute("SELECT status, attempts FROM smsworker.outbox").fetchone()
     assert row == ("sent", 2)
