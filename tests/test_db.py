@@ -51,3 +51,47 @@ def test_migrate_twice_same_schema(database_url):
 
     assert applied == [path.name for path in db.migration_files()]
     assert after == before
+
+
+def list_size(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT item_count FROM smsworker.list_size WHERE name = 'todo'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_list_size_follows_every_kind_of_change(database_url):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO smsworker.list_item (body)"
+            " SELECT 'item ' || n FROM generate_series(1, 5) AS n"
+        )
+        assert list_size(conn) == 5
+        conn.execute("DELETE FROM smsworker.list_item WHERE body IN ('item 1', 'item 2')")
+        assert list_size(conn) == 3
+        conn.execute("TRUNCATE smsworker.list_item")
+        assert list_size(conn) == 0
+
+
+def test_migrate_replaces_the_per_row_size_trigger(database_url):
+    """A database migrated by an earlier version counted items with a per-row trigger."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE FUNCTION smsworker.count_list_items() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                UPDATE smsworker.list_size
+                SET item_count = item_count + CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END
+                WHERE name = 'todo';
+                RETURN NULL;
+            END;
+            $$;
+            CREATE TRIGGER smsworker_count_list_items
+                AFTER INSERT OR DELETE ON smsworker.list_item
+                FOR EACH ROW EXECUTE FUNCTION smsworker.count_list_items();
+            """
+        )
+        db.migrate(database_url)
+        conn.execute("INSERT INTO smsworker.list_item (body) VALUES ('one'), ('two')")
+
+        assert list_size(conn) == 2
