@@ -1,15 +1,19 @@
-"""Applying inbound messages: one savepoint each, retried, dead-lettered when they keep failing.
+"""Applying inbound messages exactly once, a batch at a time.
 
-The worker and the `dead-letters retry` command both handle messages through
-MessageHandler, so both give the same exactly-once guarantee: the
-handled_message primary key, claimed in the message's own savepoint.
+A batch is applied with a few statements in all. When a message in it fails,
+the batch runs again one message at a time, each in a savepoint, retried, and
+dead-lettered when it keeps failing. The worker and the `dead-letters retry`
+command both handle messages through MessageHandler, so both give the same
+guarantee: a message's handled_message row, whose primary key allows one,
+commits in the same transaction as its effects.
 """
 
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import (
     RetryCallState,
@@ -51,6 +55,36 @@ class Interrupted(Exception):
     """The stop event was set while a failing handler waited for its next attempt."""
 
 
+class ReplyRows:
+    """The outbox rows of a batch's replies, to be queued in one statement."""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[str, int, str, str, str]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def add(self, message: todo.InboundMessage, reply: str | None) -> int:
+        """Queue a reply to a message, split into SMS parts; return the number of parts."""
+        if reply is None:
+            return 0
+        if not message.from_number or not message.to_number:
+            logger.warning(
+                "Message %s has no sender or recipient number; its reply is dropped.",
+                message.id,
+            )
+            return 0
+        parts = split_reply(reply)
+        for number, body in enumerate(parts, 1):
+            # The reply goes back to the sender, from the number they texted.
+            self._rows.append((message.id, number, message.from_number, message.to_number, body))
+        return len(parts)
+
+    def params(self) -> dict[str, list[Any]]:
+        columns = ("message_ids", "parts", "to_numbers", "from_numbers", "bodies")
+        return {name: [row[i] for row in self._rows] for i, name in enumerate(columns)}
+
+
 class MessageHandler:
     """Applies inbound messages to the to-do list inside the caller's connection."""
 
@@ -72,75 +106,114 @@ class MessageHandler:
     ) -> list[Handled]:
         """Apply messages in one transaction and return those handled now.
 
-        Messages handled before are skipped. The batch first runs without
-        savepoints, which saves two round trips a message. If any message
-        fails, that attempt rolls back whole, and the batch runs again with a
-        savepoint, retries and a dead letter for each message. Stops early,
-        committing what is done, when the stop event is set.
+        Messages handled before are skipped. The batch is first applied as a
+        whole: one lookup of the messages handled before, then one statement
+        for each kind of write. If any message fails, or another process
+        handled one of them meanwhile, that attempt rolls back whole, and the
+        batch runs again with a savepoint, retries and a dead letter for each
+        message. Stops early, committing what is done, when the stop event is
+        set.
         """
         if not messages:
             return []
         try:
-            done = self._apply_batch(conn, messages, self._apply_without_savepoint)
+            with db.database_errors(), conn.transaction():
+                done = self._apply_together(conn, messages)
         except DatabaseUnavailable:
             raise
         except Exception as error:
             logger.warning(
-                "A message in a batch of %d failed (%r); handling them one at a time.",
+                "A batch of %d messages failed (%r); handling them one at a time.",
                 len(messages),
                 error,
             )
-            done = self._apply_batch(conn, messages, self.handle_one)
+            with db.database_errors(), conn.transaction():
+                done = self._apply_one_by_one(conn, messages)
 
         for handled in done:
             self._report(handled)
         return done
 
-    def _apply_batch(
-        self,
-        conn: db.Connection,
-        messages: Sequence[todo.InboundMessage],
-        apply: Callable[[db.Connection, todo.InboundMessage], Handled | None],
+    def _apply_together(
+        self, conn: db.Connection, messages: Sequence[todo.InboundMessage]
     ) -> list[Handled]:
-        done: list[Handled] = []
+        """Apply a batch with a few statements in all, not a few per message."""
+        started = time.monotonic()
+        ids = [message.id for message in messages]
+        handled_before = {row[0] for row in conn.execute(queries.HANDLED_AMONG, {"ids": ids})}
+        items = todo.TodoList(conn)
+        applied: list[tuple[todo.InboundMessage, str, str, int]] = []
+        replies = ReplyRows()
         last: todo.InboundMessage | None = None
-        with db.database_errors(), conn.transaction():
-            for message in messages:
-                if last is not None and self.stop_event.is_set():
-                    break
-                try:
-                    handled = apply(conn, message)
-                except Interrupted:
-                    # Stopped while retrying a failing handler: the message
-                    # stays unhandled, and the cursor stays before it.
-                    break
-                if handled is not None:
-                    done.append(handled)
-                last = message
-            if last is not None:
+        for message in self._until_stopped(messages):
+            last = message
+            if message.id in handled_before:
+                logger.debug("Message %s was handled before; skipped.", message.id)
+                continue
+            parsed = parse(message.body)
+            result = todo.apply(items, message, parsed)
+            parts = replies.add(message, result.reply)
+            applied.append((message, parsed.command.value, result.outcome, parts))
+        with conn.pipeline():
+            items.flush()
+            if replies:
+                conn.execute(queries.QUEUE_REPLIES, replies.params())
+            if applied:
                 conn.execute(
-                    queries.ADVANCE_CURSOR,
+                    queries.RECORD_HANDLED,
                     {
-                        "cursor": self.cursor_name,
-                        "date_created": last.date_created,
-                        "message_id": last.id,
+                        "message_ids": [message.id for message, *_ in applied],
+                        "dates": [message.date_created for message, *_ in applied],
+                        "commands": [command for _, command, _, _ in applied],
+                        "outcomes": [outcome for _, _, outcome, _ in applied],
                     },
                 )
+            self._advance_cursor(conn, last)
+        # Messages applied together share the batch's time equally.
+        share_s = (time.monotonic() - started) / max(1, len(applied))
+        return [
+            Handled(message, command, outcome, share_s, parts)
+            for message, command, outcome, parts in applied
+        ]
+
+    def _apply_one_by_one(
+        self, conn: db.Connection, messages: Sequence[todo.InboundMessage]
+    ) -> list[Handled]:
+        """Apply a batch one message at a time, each in its own savepoint."""
+        done: list[Handled] = []
+        last: todo.InboundMessage | None = None
+        for message in self._until_stopped(messages):
+            try:
+                handled = self.handle_one(conn, message)
+            except Interrupted:
+                # Stopped while retrying a failing handler: the message
+                # stays unhandled, and the cursor stays before it.
+                break
+            if handled is not None:
+                done.append(handled)
+            last = message
+        self._advance_cursor(conn, last)
         return done
 
-    def _apply_without_savepoint(
-        self, conn: db.Connection, message: todo.InboundMessage
-    ) -> Handled | None:
-        started = time.monotonic()
-        parsed = parse(message.body)
-        outcome = self._apply(conn, message, parsed, attempts=1)
-        if outcome is None:
-            logger.debug("Message %s was handled before; skipped.", message.id)
-            return None
-        result, replies = outcome
-        return Handled(
-            message, parsed.command.value, result.outcome, time.monotonic() - started, replies
-        )
+    def _until_stopped(
+        self, messages: Sequence[todo.InboundMessage]
+    ) -> Iterator[todo.InboundMessage]:
+        """Yield the messages, stopping early once the stop event is set."""
+        for position, message in enumerate(messages):
+            if position and self.stop_event.is_set():
+                return
+            yield message
+
+    def _advance_cursor(self, conn: db.Connection, last: todo.InboundMessage | None) -> None:
+        if last is not None:
+            conn.execute(
+                queries.ADVANCE_CURSOR,
+                {
+                    "cursor": self.cursor_name,
+                    "date_created": last.date_created,
+                    "message_id": last.id,
+                },
+            )
 
     def _apply(
         self,
@@ -158,8 +231,13 @@ class MessageHandler:
         }
         if conn.execute(queries.CLAIM_MESSAGE, params).fetchone() is None:
             return None
-        result = todo.apply(conn, message, parsed)
-        replies = self._queue_replies(conn, message, result.reply)
+        items = todo.TodoList(conn)
+        result = todo.apply(items, message, parsed)
+        items.flush()
+        replies = ReplyRows()
+        parts = replies.add(message, result.reply)
+        if replies:
+            conn.execute(queries.QUEUE_REPLIES, replies.params())
         conn.execute(
             queries.RECORD_OUTCOME,
             {
@@ -169,7 +247,7 @@ class MessageHandler:
                 "attempts": attempts,
             },
         )
-        return result, replies
+        return result, parts
 
     def handle_one(self, conn: db.Connection, message: todo.InboundMessage) -> Handled | None:
         """Apply one message in a savepoint, retrying a failing handler.
@@ -225,32 +303,6 @@ class MessageHandler:
     def _sleep(self, seconds: float) -> None:
         """Sleep between retries, waking at once when the worker is stopped."""
         self.stop_event.wait(seconds)
-
-    def _queue_replies(
-        self, conn: db.Connection, message: todo.InboundMessage, reply: str | None
-    ) -> int:
-        if reply is None:
-            return 0
-        if not message.from_number or not message.to_number:
-            logger.warning(
-                "Message %s has no sender or recipient number; its reply is dropped.",
-                message.id,
-            )
-            return 0
-        parts = split_reply(reply)
-        for number, body in enumerate(parts, 1):
-            conn.execute(
-                queries.QUEUE_REPLY,
-                {
-                    "message_id": message.id,
-                    "part": number,
-                    # The reply goes back to the sender, from the number they texted.
-                    "to_number": message.from_number,
-                    "from_number": message.to_number,
-                    "body": body,
-                },
-            )
-        return len(parts)
 
     def _log_handler_retry(self, message: todo.InboundMessage) -> Callable[[RetryCallState], None]:
         def log(retry_state: RetryCallState) -> None:

@@ -37,7 +37,8 @@ class Metrics:
         )
         self.handler_duration = Histogram(
             "smsworker_handler_duration_seconds",
-            "Time spent applying one message's effects, commit excluded.",
+            "Time spent applying a message's effects, commit excluded; messages applied"
+            " together in a batch share its time equally.",
             registry=self.registry,
         )
         self.handler_retries = Counter(

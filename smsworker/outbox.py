@@ -68,6 +68,9 @@ class ReplyDelivery:
             multiplier=SEND_RETRY_INITIAL_S, max=SEND_RETRY_MAX_S, jitter=SEND_RETRY_INITIAL_S
         )
         self._threads: list[threading.Thread] = []
+        # Cleared while the worker catches up on a backlog; see pause().
+        self._may_send = threading.Event()
+        self._may_send.set()
 
     def start(self) -> None:
         """Start the sender threads; does nothing when they are running."""
@@ -79,6 +82,20 @@ class ReplyDelivery:
             )
             thread.start()
             self._threads.append(thread)
+
+    def pause(self) -> None:
+        """Hold back new sends while the worker catches up on a backlog.
+
+        Sending a reply costs more of the interpreter than handling a message,
+        so senders running beside a catch-up slow it several times over. The
+        list is brought up to date first; a reply already in hand is finished.
+        """
+        self._may_send.clear()
+
+    def resume(self) -> None:
+        """Let the senders go on after pause()."""
+        self._may_send.set()
+        self.wake()
 
     def wake(self) -> None:
         """Tell idle senders that new replies were committed."""
@@ -105,6 +122,9 @@ class ReplyDelivery:
         conn: db.Connection | None = None
         retry_delay_s = DATABASE_RETRY_INITIAL_S
         while not self.stop_event.is_set():
+            if not self._may_send.is_set():
+                self._may_send.wait(IDLE_WAIT_S)
+                continue
             try:
                 if conn is None or conn.closed:
                     conn = db.connect(

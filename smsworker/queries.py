@@ -76,6 +76,29 @@ ON CONFLICT (message_id) DO NOTHING
 RETURNING message_id
 """
 
+# The messages among those given that were handled before. The LATERAL
+# lookup keeps this an index probe per id: `message_id = ANY(...)` gets a
+# cached plan that scans the whole table once the connection has prepared it
+# while the table was small.
+HANDLED_AMONG = """
+SELECT i.id
+FROM unnest(%(ids)s::text[]) AS i (id)
+CROSS JOIN LATERAL (
+    SELECT 1 FROM smsworker.handled_message AS h WHERE h.message_id = i.id LIMIT 1
+) AS h
+"""
+
+# Record a batch of messages as handled, with their outcomes. Without ON
+# CONFLICT: if another process claimed one of them meanwhile, the statement
+# fails and the batch's transaction rolls back whole.
+RECORD_HANDLED = """
+INSERT INTO smsworker.handled_message (message_id, date_created, command, outcome)
+SELECT * FROM unnest(
+    %(message_ids)s::text[], %(dates)s::timestamp[], %(commands)s::text[],
+    %(outcomes)s::text[]
+)
+"""
+
 # Record how handling a claimed message ended.
 RECORD_OUTCOME = """
 UPDATE smsworker.handled_message
@@ -171,17 +194,19 @@ LIST_ITEMS = """
 SELECT body FROM smsworker.list_item ORDER BY id LIMIT %(limit)s
 """
 
-# Add an item and return its number. The SELECT reads the list size from
-# before this statement's trigger ran, hence the + 1.
-ADD_ITEM = """
-WITH added AS (
-    INSERT INTO smsworker.list_item (message_id, body) VALUES (%(message_id)s, %(body)s)
-)
-SELECT item_count + 1 FROM smsworker.list_size WHERE name = 'todo'
+# The list size, locked until the transaction ends: the handler numbers the
+# items it adds from it, so no other writer may change the list meanwhile.
+LOCK_LIST_SIZE = """
+SELECT item_count FROM smsworker.list_size WHERE name = 'todo' FOR UPDATE
 """
 
-COUNT_ITEMS = """
-SELECT item_count FROM smsworker.list_size WHERE name = 'todo'
+# Add items in the order given: the ids that number them follow that order.
+ADD_ITEMS = """
+INSERT INTO smsworker.list_item (message_id, body)
+SELECT a.message_id, a.body
+FROM unnest(%(message_ids)s::text[], %(bodies)s::text[]) WITH ORDINALITY
+    AS a (message_id, body, position)
+ORDER BY a.position
 """
 
 # Delete the item at a 1-based position in the list's order.
@@ -191,9 +216,12 @@ WHERE id = (SELECT id FROM smsworker.list_item ORDER BY id OFFSET %(offset)s LIM
 RETURNING body
 """
 
-QUEUE_REPLY = """
+QUEUE_REPLIES = """
 INSERT INTO smsworker.outbox (message_id, part, to_number, from_number, body)
-VALUES (%(message_id)s, %(part)s, %(to_number)s, %(from_number)s, %(body)s)
+SELECT * FROM unnest(
+    %(message_ids)s::text[], %(parts)s::integer[], %(to_numbers)s::text[],
+    %(from_numbers)s::text[], %(bodies)s::text[]
+)
 """
 
 # Take the oldest reply that is due, skipping rows another sender holds. A

@@ -15,12 +15,15 @@ DEFAULT_EMBEDDED_DATA_DIR = Path(".smsworker/pgdata")
 # which bounds the delay for a row whose notification was lost.
 POLL_INTERVAL_S = 10.0
 # How many messages one transaction handles during catch-up.
-BATCH_SIZE = 100
+BATCH_SIZE = 500
 # How far back (in date_created) the worker looks for rows that arrived late,
 # after newer rows had already been handled.
 LATE_ROW_WINDOW_S = 24 * 3600.0
+# How often the worker searches the whole late-row window for rows whose
+# notification it missed; polls in between search only the last minutes.
+LATE_ROW_RESCAN_INTERVAL_S = 600.0
 # How many replies are sent to Twilio at the same time.
-SEND_CONCURRENCY = 4
+SEND_CONCURRENCY = 16
 # How long a reply keeps being retried in one go before it goes back to the
 # outbox to be picked up again later.
 SEND_RETRY_BUDGET_S = 60.0
@@ -56,6 +59,7 @@ class Settings:
     poll_interval_s: float = POLL_INTERVAL_S
     batch_size: int = BATCH_SIZE
     late_row_window_s: float = LATE_ROW_WINDOW_S
+    late_row_rescan_interval_s: float = LATE_ROW_RESCAN_INTERVAL_S
     send_concurrency: int = SEND_CONCURRENCY
     send_retry_budget_s: float = SEND_RETRY_BUDGET_S
     handler_max_attempts: int = HANDLER_MAX_ATTEMPTS

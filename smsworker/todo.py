@@ -37,15 +37,82 @@ class Result:
     reply: str | None
 
 
-def apply(conn: Connection, message: InboundMessage, parsed: ParsedMessage) -> Result:
+class TodoList:
+    """The list as one transaction changes it.
+
+    Additions stay in memory, after the items already stored, until flush()
+    writes them all in one statement; reads and deletions see them in place.
+    The list size is read once, under a row lock that keeps other writers out
+    until the transaction ends, so the numbers in replies match the list.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._stored: int | None = None
+        self._added_ids: list[str] = []
+        self._added_bodies: list[str] = []
+
+    def size(self) -> int:
+        return self._stored_count() + len(self._added_ids)
+
+    def add(self, message_id: str, body: str) -> int:
+        """Add an item and return its number."""
+        self._added_ids.append(message_id)
+        self._added_bodies.append(body)
+        return self.size()
+
+    def first_items(self, limit: int) -> list[str]:
+        stored = self._stored_count()
+        items: list[str] = []
+        if stored:
+            rows = self.conn.execute(queries.LIST_ITEMS, {"limit": min(limit, stored)})
+            items = [body for (body,) in rows]
+        return items + self._added_bodies[: max(0, limit - len(items))]
+
+    def delete_at(self, position: int) -> str | None:
+        """Delete the item at a 1-based position; return its text, None if there is none."""
+        stored = self._stored_count()
+        if position > stored:
+            index = position - stored - 1
+            if index >= len(self._added_ids):
+                return None
+            # Added in this transaction and not written yet: it never will be.
+            del self._added_ids[index]
+            return self._added_bodies.pop(index)
+        row = self.conn.execute(queries.DELETE_ITEM_AT, {"offset": position - 1}).fetchone()
+        if row is None:
+            return None
+        self._stored = stored - 1
+        return str(row[0])
+
+    def flush(self) -> None:
+        """Write the additions made since the last flush."""
+        if not self._added_ids:
+            return
+        self.conn.execute(
+            queries.ADD_ITEMS, {"message_ids": self._added_ids, "bodies": self._added_bodies}
+        )
+        self._stored = self._stored_count() + len(self._added_ids)
+        self._added_ids = []
+        self._added_bodies = []
+
+    def _stored_count(self) -> int:
+        if self._stored is None:
+            row = self.conn.execute(queries.LOCK_LIST_SIZE).fetchone()
+            self._stored = int(row[0]) if row else 0
+        return self._stored
+
+
+def apply(items: TodoList, message: InboundMessage, parsed: ParsedMessage) -> Result:
     """Apply one command to the list and return the reply it calls for."""
     match parsed.command:
         case Command.ADD:
-            return _add(conn, message, parsed.text)
+            number = items.add(message.id, parsed.text)
+            return Result("added", f"Added {number}. {preview(parsed.text)}")
         case Command.LIST:
-            return Result("listed", format_list(_first_items(conn), _count_items(conn)))
+            return Result("listed", format_list(items.first_items(MAX_LIST_ITEMS), items.size()))
         case Command.DELETE:
-            return _delete(conn, parsed)
+            return _delete(items, parsed)
         case Command.HELP:
             return Result("helped", HELP_TEXT)
         case Command.OPT_OUT | Command.OPT_IN:
@@ -57,19 +124,13 @@ def apply(conn: Connection, message: InboundMessage, parsed: ParsedMessage) -> R
     raise AssertionError(f"unhandled command {parsed.command}")
 
 
-def _add(conn: Connection, message: InboundMessage, text: str) -> Result:
-    row = conn.execute(queries.ADD_ITEM, {"message_id": message.id, "body": text}).fetchone()
-    number = int(row[0]) if row else 0
-    return Result("added", f"Added {number}. {preview(text)}")
-
-
-def _delete(conn: Connection, parsed: ParsedMessage) -> Result:
+def _delete(items: TodoList, parsed: ParsedMessage) -> Result:
     if parsed.error is not None or parsed.position is None:
         return Result("invalid", parsed.error)
 
-    row = conn.execute(queries.DELETE_ITEM_AT, {"offset": parsed.position - 1}).fetchone()
-    if row is None:
-        count = _count_items(conn)
+    body = items.delete_at(parsed.position)
+    if body is None:
+        count = items.size()
         if count == 0:
             return Result("invalid", f"There is no item {parsed.position}: the list is empty.")
         return Result(
@@ -77,14 +138,4 @@ def _delete(conn: Connection, parsed: ParsedMessage) -> Result:
             f"There is no item {parsed.position}: the list has {count} "
             f"item{'s' if count != 1 else ''}. Send ls to see them.",
         )
-    return Result("deleted", f"Deleted {parsed.position}. {preview(row[0])}")
-
-
-def _first_items(conn: Connection) -> list[str]:
-    rows = conn.execute(queries.LIST_ITEMS, {"limit": MAX_LIST_ITEMS})
-    return [body for (body,) in rows]
-
-
-def _count_items(conn: Connection) -> int:
-    row = conn.execute(queries.COUNT_ITEMS).fetchone()
-    return int(row[0]) if row else 0
+    return Result("deleted", f"Deleted {parsed.position}. {preview(body)}")

@@ -35,6 +35,12 @@ SHUTDOWN_GRACE_S = 5.0
 # How often a standby tries to take over the active role.
 STANDBY_POLL_S = 1.0
 LISTENER_NAME = "smsworker-listener"
+# How far behind the cursor the periodic poll looks for late rows. Looking
+# for them means checking every row in the window against handled_message,
+# so the whole --late-row-window is searched only when the worker connects
+# and every settings.late_row_rescan_interval_s. While the worker runs, a
+# notification announces a late row whatever its age.
+POLL_LATE_ROW_WINDOW_S = 300.0
 # Metrics that need a query are refreshed at most this often.
 STATS_INTERVAL_S = 1.0
 # Backoff between reconnects to the database.
@@ -167,16 +173,23 @@ class Worker:
 
     def _listen_and_handle(self, conn: db.Connection, listener: db.Connection) -> None:
         """Catch up, then handle what notifications and periodic polls find."""
-        self._catch_up(conn)
-        next_poll = time.monotonic() + self.settings.poll_interval_s
+        settings = self.settings
+        self._catch_up(conn, settings.late_row_window_s)
+        next_poll = time.monotonic() + settings.poll_interval_s
+        next_rescan = time.monotonic() + settings.late_row_rescan_interval_s
         while not self.stop_event.is_set():
             timeout = min(WAIT_SLICE_S, max(0.0, next_poll - time.monotonic()))
             ids = self._wait_for_notifications(listener, timeout)
             if ids:
                 self._handle_notified(conn, ids)
-            if time.monotonic() >= next_poll:
-                self._catch_up(conn)
-                next_poll = time.monotonic() + self.settings.poll_interval_s
+            now = time.monotonic()
+            if now >= next_poll:
+                window_s = min(POLL_LATE_ROW_WINDOW_S, settings.late_row_window_s)
+                if now >= next_rescan:
+                    window_s = settings.late_row_window_s
+                    next_rescan = now + settings.late_row_rescan_interval_s
+                self._catch_up(conn, window_s)
+                next_poll = time.monotonic() + settings.poll_interval_s
             self._refresh_stats(conn)
 
     def _log_start(self, conn: db.Connection) -> None:
@@ -199,13 +212,13 @@ class Worker:
             ids.extend(n.payload for n in listener.notifies(timeout=0))
         return ids
 
-    def _catch_up(self, conn: db.Connection) -> None:
+    def _catch_up(self, conn: db.Connection, late_row_window_s: float) -> None:
         """Handle rows that arrived late behind the cursor, then every row after it.
 
         Late rows go first: they all sort before the rows after the cursor, so
         messages visible together are handled in (date_created, id) order.
         """
-        self._drain(conn, queries.FETCH_LATE_ROWS, {"window_s": self.settings.late_row_window_s})
+        self._drain(conn, queries.FETCH_LATE_ROWS, {"window_s": late_row_window_s})
         self._drain(conn, queries.FETCH_AFTER_CURSOR, {})
 
     def _handle_notified(self, conn: db.Connection, ids: list[str]) -> None:
@@ -216,19 +229,31 @@ class Worker:
         self._drain(conn, queries.FETCH_AFTER_CURSOR, {})
 
     def _drain(self, conn: db.Connection, query: str, params: dict[str, Any]) -> None:
-        """Handle batches from `query` until it returns a short batch or the worker stops."""
+        """Handle batches from `query` until it returns a short batch or the worker stops.
+
+        Reply sending pauses from the second full batch on, until the backlog
+        is gone.
+        """
         limit = self.settings.batch_size
-        while not self.stop_event.is_set():
-            rows = conn.execute(
-                query, {**params, "cursor": self.settings.cursor_name, "limit": limit}
-            ).fetchall()
-            messages = [todo.InboundMessage(*row) for row in rows]
-            done = self.handler.handle_batch(conn, messages)
-            if any(handled.replies for handled in done):
-                self.delivery.wake()
-            self._refresh_stats(conn)
-            if len(rows) < limit:
-                break
+        paused = False
+        try:
+            while not self.stop_event.is_set():
+                rows = conn.execute(
+                    query, {**params, "cursor": self.settings.cursor_name, "limit": limit}
+                ).fetchall()
+                messages = [todo.InboundMessage(*row) for row in rows]
+                done = self.handler.handle_batch(conn, messages)
+                if any(handled.replies for handled in done) and not paused:
+                    self.delivery.wake()
+                self._refresh_stats(conn)
+                if len(rows) < limit:
+                    break
+                if not paused:
+                    self.delivery.pause()
+                    paused = True
+        finally:
+            if paused:
+                self.delivery.resume()
 
     def _refresh_stats(self, conn: db.Connection) -> None:
         now = time.monotonic()

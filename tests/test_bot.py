@@ -236,3 +236,35 @@ def test_list_size_follows_manual_delete(conn, start_worker):
     wait_until_handled(conn, 4)
 
     assert replies_to(conn, added) == ["Added 3. four"]
+
+
+def test_one_batch_adds_deletes_and_lists_in_order(conn, start_worker):
+    """Messages fetched together are applied as if handled one by one.
+
+    The worker is stopped while they arrive, so one catch-up query fetches
+    them all and they are applied in one batch, where additions are written
+    together at the end.
+    """
+    first = start_worker()
+    insert_inbound(conn, "stored")
+    wait_until_handled(conn, 1)
+    first.stop()
+
+    bodies = ["b", "c", "del 3", "d", "del 1", "ls", "del 3", "e"]
+    ids = [insert_inbound(conn, body) for body in bodies]
+    start_worker()
+    wait_until_handled(conn, 1 + len(bodies))
+
+    assert [replies_to(conn, message_id) for message_id in ids] == [
+        ["Added 2. b"],
+        ["Added 3. c"],
+        ["Deleted 3. c"],
+        ["Added 3. d"],
+        ["Deleted 1. stored"],
+        ["1. b\n2. d"],
+        ["There is no item 3: the list has 2 items. Send ls to see them."],
+        ["Added 3. e"],
+    ]
+    assert list_items(conn) == ["b", "d", "e"]
+    row = conn.execute("SELECT item_count FROM smsworker.list_size WHERE name = 'todo'").fetchone()
+    assert row == (3,)

@@ -126,6 +126,21 @@ def test_late_row_while_stopped_handled(conn, start_worker):
     assert cursor_position(conn) == cursor_before
 
 
+def test_late_row_without_notification_found_by_rescan(conn, start_worker):
+    """A row far behind the cursor whose notification was lost waits for a full rescan."""
+    start_worker(poll_interval_s=0.2, late_row_rescan_interval_s=1.0)
+    insert_inbound(conn, "recent")
+    wait_until_handled(conn, 1)
+    cursor_before = cursor_position(conn)
+
+    conn.execute("ALTER TABLE twilio.message DISABLE TRIGGER smsworker_notify_inbound_message")
+    insert_inbound(conn, "an hour late", date_created=cursor_before[0] - timedelta(hours=1))
+    wait_until_handled(conn, 2)
+
+    assert list_items(conn) == ["recent", "an hour late"]
+    assert cursor_position(conn) == cursor_before
+
+
 def test_row_older_than_window_not_handled(conn, start_worker):
     insert_inbound(conn, "recent")
     worker = start_worker()
