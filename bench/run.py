@@ -85,11 +85,17 @@ def handled_count(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
+def wait_for(
+    condition: Callable[[], bool],
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"gave up after {timeout_s:.0f} s")
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {process.returncode}")
         time.sleep(POLL_S)
 
 
@@ -125,17 +131,48 @@ def measure_insert_limit(url: str) -> float:
         return count / (time.monotonic() - started)
 
 
-def measure_drain(url: str, fake: FakeTwilio, count: int) -> float:
-    """Return messages per second to drain a backlog of `count` messages."""
+def measure_drain(url: str, fake: FakeTwilio, count: int) -> tuple[float, float]:
+    """Drain a backlog of `count` messages with a `smsworker run` process.
+
+    Returns messages per second, timed from the process's start until the
+    cursor reaches the newest message, and the process's peak RSS in MB. The
+    worker runs in its own process, as in production, so the fake Twilio
+    server in this one does not compete with it for the interpreter.
+    """
+    reset_database(url)
     insert_backlog(url, count)
-    worker, thread = run_worker(settings_for(url, fake, batch_size=500))
-    started = time.monotonic()
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "TWILIO_ACCOUNT_SID": fake.account_sid,
+        "TWILIO_AUTH_TOKEN": fake.auth_token,
+        "TWILIO_API_BASE_URL": fake.url,
+    }
+    command = [str(Path(sys.executable).parent / "smsworker"), "--log-level", "WARNING", "run"]
+    command += ["--metrics-port", "0"]
     with psycopg.connect(url, autocommit=True) as conn:
-        wait_for(lambda: handled_count(conn) >= count, timeout_s=3600)
-    elapsed = time.monotonic() - started
-    worker.stop()
-    thread.join()
-    return count / elapsed
+        newest = conn.execute(
+            "SELECT id FROM twilio.message ORDER BY date_created DESC, id DESC LIMIT 1"
+        ).fetchone()
+        started = time.monotonic()
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: cursor_at(conn) == newest, timeout_s=7200, process=process)
+            elapsed = time.monotonic() - started
+            status = Path(f"/proc/{process.pid}/status").read_text()
+        finally:
+            process.terminate()
+            process.wait(30)
+        if handled_count(conn) != count:
+            raise RuntimeError(f"the worker handled {handled_count(conn)} messages, not {count}")
+    peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return count / elapsed, peak_kb / 1024
+
+
+def cursor_at(conn: psycopg.Connection) -> tuple[str] | None:
+    return conn.execute(
+        "SELECT message_id FROM smsworker.processor_cursor WHERE name = 'todo'"
+    ).fetchone()
 
 
 def measure_notify_limit(url: str) -> float:
@@ -258,33 +295,6 @@ def measure_replies(url: str, fake: FakeTwilio, count: int) -> float:
     return elapsed
 
 
-def measure_memory(url: str, fake: FakeTwilio, count: int) -> tuple[float, float]:
-    """Drain `count` messages with a worker process; return its peak RSS in MB and the rate."""
-    reset_database(url)
-    insert_backlog(url, count)
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "TWILIO_ACCOUNT_SID": fake.account_sid,
-        "TWILIO_AUTH_TOKEN": fake.auth_token,
-        "TWILIO_API_BASE_URL": fake.url,
-    }
-    command = [str(Path(sys.executable).parent / "smsworker"), "--log-level", "WARNING", "run"]
-    command += ["--metrics-port", "0", "--batch-size", "500"]
-    started = time.monotonic()
-    with (
-        subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) as process,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        wait_for(lambda: handled_count(conn) >= count, timeout_s=7200)
-        elapsed = time.monotonic() - started
-        status = Path(f"/proc/{process.pid}/status").read_text()
-        process.terminate()
-        process.wait(30)
-    peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
-    return peak_kb / 1024, count / elapsed
-
-
 def measure_pgqueuer(url: str, count: int) -> float:
     """Return jobs per second for PgQueuer draining `count` jobs that each add an item.
 
@@ -360,7 +370,7 @@ def main() -> None:
             reset_database(url)
             insert_limit = measure_insert_limit(url)
             print(f"bare INSERT + COMMIT: {insert_limit:.0f}/s", flush=True)
-            drain = measure_drain(url, fake, drain_messages)
+            drain, _ = measure_drain(url, fake, drain_messages)
             print(f"drain of {drain_messages}: {drain:.0f}/s", flush=True)
             rows.append(
                 (
@@ -419,7 +429,7 @@ def main() -> None:
             )
 
             if memory_messages:
-                peak_mb, rate = measure_memory(url, fake, memory_messages)
+                rate, peak_mb = measure_drain(url, fake, memory_messages)
                 print(f"memory: {peak_mb:.0f} MB peak, {rate:.0f}/s", flush=True)
                 rows.append(
                     (
