@@ -32,6 +32,7 @@ from smsworker.settings import (
     DEFAULT_METRICS_PORT,
     DEFAULT_TWILIO_API_BASE_URL,
     HANDLER_MAX_ATTEMPTS,
+    LATE_ROW_RESCAN_INTERVAL_S,
     LATE_ROW_WINDOW_S,
     POLL_INTERVAL_S,
     SEND_CONCURRENCY,
@@ -196,6 +197,16 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     help="Seconds before the cursor in which rows that arrive late are still handled.",
 )
 @click.option(
+    "--late-row-rescan-interval",
+    envvar="SMSWORKER_LATE_ROW_RESCAN_INTERVAL",
+    show_envvar=True,
+    type=FiniteFloatRange(min=1, max=7 * 24 * 3600),
+    default=LATE_ROW_RESCAN_INTERVAL_S,
+    show_default=True,
+    help="Seconds between searches of the whole late-row window for rows whose "
+    "notification was missed.",
+)
+@click.option(
     "--handler-max-attempts",
     envvar="SMSWORKER_HANDLER_MAX_ATTEMPTS",
     show_envvar=True,
@@ -233,6 +244,7 @@ def run(
     poll_interval: float,
     batch_size: int,
     late_row_window: float,
+    late_row_rescan_interval: float,
     handler_max_attempts: int,
     database_retry_limit: float,
     send_concurrency: int,
@@ -276,6 +288,7 @@ def run(
             poll_interval_s=poll_interval,
             batch_size=batch_size,
             late_row_window_s=late_row_window,
+            late_row_rescan_interval_s=late_row_rescan_interval,
             handler_max_attempts=handler_max_attempts,
             database_retry_limit_s=database_retry_limit,
             send_concurrency=send_concurrency,

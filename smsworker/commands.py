@@ -5,6 +5,7 @@ Everything here is pure: no database, no network, so it is tested on its own.
 
 import enum
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Twilio rejects outbound bodies longer than this (error 21617). Twilio counts
@@ -15,9 +16,6 @@ MAX_REPLY_LENGTH = 1600
 MAX_POSITION_DIGITS = 9
 # The longest `ls` reply, in UTF-16 code units: five SMS bodies at most.
 MAX_LIST_REPLY_LENGTH = 5 * MAX_REPLY_LENGTH
-# Items read for an `ls` reply: enough to fill MAX_LIST_REPLY_LENGTH, since a
-# line takes at least four characters ("1. x" and its newline).
-MAX_LIST_ITEMS = MAX_LIST_REPLY_LENGTH // 4
 # How much of an item's text the add and delete confirmations repeat.
 PREVIEW_LENGTH = 60
 
@@ -120,14 +118,17 @@ def preview(text: str) -> str:
     return text[: PREVIEW_LENGTH - 1].rstrip() + "…"
 
 
-def format_list(items: list[str], total: int | None = None) -> str:
+def format_list(items: Iterable[str], total: int | None = None) -> str:
     """Render the list as one `N. text` line per item, numbered from 1.
 
-    `total` is the list's size when `items` holds only its first items. The
-    reply stops after MAX_LIST_REPLY_LENGTH characters with a line saying how
-    many items were left out, so a long list costs a bounded number of SMS.
+    `total` is the list's size when `items` yields only its first items, and
+    `items` is read only until the reply is full. The reply stops after
+    MAX_LIST_REPLY_LENGTH characters with a line saying how many items were
+    left out, so a long list costs a bounded number of SMS.
     """
-    total = len(items) if total is None else total
+    if total is None:
+        items = list(items)
+        total = len(items)
     if total == 0:
         return "The list is empty. Text anything to add it."
 

@@ -97,10 +97,13 @@ class ReplyDelivery:
         self._may_send.set()
         self.wake()
 
-    def wake(self) -> None:
-        """Tell idle senders that new replies were committed."""
+    def wake(self, replies: int | None = None) -> None:
+        """Tell idle senders that replies were committed: as many senders as replies, or all."""
         with self._wakeup:
-            self._wakeup.notify_all()
+            if replies is None:
+                self._wakeup.notify_all()
+            else:
+                self._wakeup.notify(replies)
 
     def join(self, timeout_s: float) -> None:
         """Wait up to timeout_s in all for the senders to finish the reply in hand."""

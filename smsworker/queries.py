@@ -189,9 +189,13 @@ WHERE c.name = %(cursor)s
   AND m.deleted IS NOT TRUE
 """
 
-# The first items of the list, in the order they were added.
+# A page of the list, in the order items were added: the items after the
+# given id, or from the start when it is NULL.
 LIST_ITEMS = """
-SELECT body FROM smsworker.list_item ORDER BY id LIMIT %(limit)s
+SELECT id, body FROM smsworker.list_item
+WHERE id > coalesce(%(after)s::bigint, -9223372036854775808)
+ORDER BY id
+LIMIT %(limit)s
 """
 
 # The list size, locked until the transaction ends: the handler numbers the

@@ -19,8 +19,8 @@ BATCH_SIZE = 500
 # How far back (in date_created) the worker looks for rows that arrived late,
 # after newer rows had already been handled.
 LATE_ROW_WINDOW_S = 24 * 3600.0
-# How often the worker searches the whole late-row window for rows whose
-# notification it missed; polls in between search only the last minutes.
+# How often the worker searches the late-row window for rows whose
+# notification it missed. Polls in between look only after the cursor.
 LATE_ROW_RESCAN_INTERVAL_S = 600.0
 # How many replies are sent to Twilio at the same time.
 SEND_CONCURRENCY = 16

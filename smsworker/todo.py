@@ -4,18 +4,22 @@ The caller runs this inside the message's transaction, so the list change and
 the reply queued here commit together with the cursor advance, or not at all.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from smsworker import queries
 from smsworker.commands import (
     HELP_TEXT,
-    MAX_LIST_ITEMS,
     Command,
     ParsedMessage,
     format_list,
     preview,
 )
 from smsworker.db import Connection
+
+# Items read by the first query of an `ls`, and the most read by one query.
+FIRST_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 800
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,25 @@ class TodoList:
         self._added_bodies.append(body)
         return self.size()
 
-    def first_items(self, limit: int) -> list[str]:
-        stored = self._stored_count()
-        items: list[str] = []
-        if stored:
-            rows = self.conn.execute(queries.LIST_ITEMS, {"limit": min(limit, stored)})
-            items = [body for (body,) in rows]
-        return items + self._added_bodies[: max(0, limit - len(items))]
+    def items(self) -> Iterator[str]:
+        """Yield the items in list order, reading them a page at a time.
+
+        An `ls` reply stops after a few SMS, so a long list is not read whole:
+        pages start small and double while the caller keeps reading.
+        """
+        remaining = self._stored_count()
+        after: int | None = None
+        page = FIRST_PAGE_SIZE
+        while remaining > 0:
+            rows = self.conn.execute(queries.LIST_ITEMS, {"after": after, "limit": page}).fetchall()
+            for _, body in rows:
+                yield body
+            if len(rows) < page:
+                break
+            after = rows[-1][0]
+            remaining -= len(rows)
+            page = min(page * 2, MAX_PAGE_SIZE)
+        yield from list(self._added_bodies)
 
     def delete_at(self, position: int) -> str | None:
         """Delete the item at a 1-based position; return its text, None if there is none."""
@@ -110,7 +126,7 @@ def apply(items: TodoList, message: InboundMessage, parsed: ParsedMessage) -> Re
             number = items.add(message.id, parsed.text)
             return Result("added", f"Added {number}. {preview(parsed.text)}")
         case Command.LIST:
-            return Result("listed", format_list(items.first_items(MAX_LIST_ITEMS), items.size()))
+            return Result("listed", format_list(items.items(), items.size()))
         case Command.DELETE:
             return _delete(items, parsed)
         case Command.HELP:

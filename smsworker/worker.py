@@ -35,12 +35,6 @@ SHUTDOWN_GRACE_S = 5.0
 # How often a standby tries to take over the active role.
 STANDBY_POLL_S = 1.0
 LISTENER_NAME = "smsworker-listener"
-# How far behind the cursor the periodic poll looks for late rows. Looking
-# for them means checking every row in the window against handled_message,
-# so the whole --late-row-window is searched only when the worker connects
-# and every settings.late_row_rescan_interval_s. While the worker runs, a
-# notification announces a late row whatever its age.
-POLL_LATE_ROW_WINDOW_S = 300.0
 # Metrics that need a query are refreshed at most this often.
 STATS_INTERVAL_S = 1.0
 # Backoff between reconnects to the database.
@@ -183,12 +177,16 @@ class Worker:
             if ids:
                 self._handle_notified(conn, ids)
             now = time.monotonic()
-            if now >= next_poll:
-                window_s = min(POLL_LATE_ROW_WINDOW_S, settings.late_row_window_s)
-                if now >= next_rescan:
-                    window_s = settings.late_row_window_s
-                    next_rescan = now + settings.late_row_rescan_interval_s
-                self._catch_up(conn, window_s)
+            if now >= next_rescan:
+                # Searching for late rows checks every row in the window
+                # against handled_message, so it runs far less often than
+                # the poll. A late row whose notification arrives is handled
+                # at once.
+                self._catch_up(conn, settings.late_row_window_s)
+                next_rescan = now + settings.late_row_rescan_interval_s
+                next_poll = time.monotonic() + settings.poll_interval_s
+            elif now >= next_poll:
+                self._drain(conn, queries.FETCH_AFTER_CURSOR, {})
                 next_poll = time.monotonic() + settings.poll_interval_s
             self._refresh_stats(conn)
 
@@ -243,8 +241,9 @@ class Worker:
                 ).fetchall()
                 messages = [todo.InboundMessage(*row) for row in rows]
                 done = self.handler.handle_batch(conn, messages)
-                if any(handled.replies for handled in done) and not paused:
-                    self.delivery.wake()
+                replies = sum(handled.replies for handled in done)
+                if replies and not paused:
+                    self.delivery.wake(replies)
                 self._refresh_stats(conn)
                 if len(rows) < limit:
                     break

@@ -640,15 +640,19 @@ def test_time_zone_late_rows_handled(
     insert_inbound(conn, "two hours ago", date_created=now - timedelta(hours=2))
     insert_inbound(conn, "a minute ago", date_created=now - timedelta(minutes=1))
     port = free_port()
-    start_run(cli_env(database_url, fake_twilio, **zones), metrics_port=port)
+    start_run(
+        cli_env(database_url, fake_twilio, **zones),
+        "--late-row-rescan-interval",
+        "1",
+        metrics_port=port,
+    )
     wait_until(lambda: handled_count(conn) == 2, message="the past rows handled")
 
     # Rows behind the cursor: one announced by its notification, one found by a poll.
     insert_inbound(conn, "late notified", date_created=now - timedelta(minutes=30))
     wait_until(lambda: handled_count(conn) == 3, message="the notified late row handled")
     conn.execute(f"ALTER TABLE twilio.message DISABLE TRIGGER {NOTIFY_TRIGGER}")
-    # Polls look 5 minutes behind the cursor, which is a minute old here.
-    insert_inbound(conn, "late polled", date_created=now - timedelta(minutes=3))
+    insert_inbound(conn, "late polled", date_created=now - timedelta(minutes=20))
     insert_inbound(conn, "newest polled", date_created=utc_now())
     wait_until_settled(conn, 5)
 
