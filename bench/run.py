@@ -31,9 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from smsworker import __version__, db  # noqa: E402
-from smsworker.handling import MessageHandler  # noqa: E402
-from smsworker.settings import Settings, TwilioSettings  # noqa: E402
-from smsworker.worker import Worker  # noqa: E402
+from smsworker.settings import Settings  # noqa: E402
 from tests.fake_twilio import FakeTwilio  # noqa: E402
 
 RESULTS = REPO / "bench" / "results.md"
@@ -99,24 +97,6 @@ def wait_for(
         time.sleep(POLL_S)
 
 
-def settings_for(url: str, fake: FakeTwilio, **overrides: object) -> Settings:
-    twilio = TwilioSettings(fake.account_sid, fake.auth_token, fake.url)
-    values: dict[str, object] = {"database_url": url, "twilio": twilio, "metrics_port": 0}
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-def run_worker(settings: Settings) -> tuple[Worker, threading.Thread]:
-    from smsworker.sender import TwilioSender
-
-    twilio = settings.twilio
-    assert twilio is not None
-    worker = Worker(settings, sender_factory=lambda: TwilioSender(twilio))
-    thread = threading.Thread(target=worker.run, name="bench-worker")
-    thread.start()
-    return worker, thread
-
-
 def measure_insert_limit(url: str) -> float:
     """Return bare single-row INSERT + COMMIT per second on one connection."""
     with psycopg.connect(url) as conn:
@@ -131,16 +111,12 @@ def measure_insert_limit(url: str) -> float:
         return count / (time.monotonic() - started)
 
 
-def measure_drain(url: str, fake: FakeTwilio, count: int) -> tuple[float, float]:
-    """Drain a backlog of `count` messages with a `smsworker run` process.
+def start_worker_process(url: str, fake: FakeTwilio) -> subprocess.Popen[bytes]:
+    """Start `smsworker run` with its defaults, replying through the fake Twilio.
 
-    Returns messages per second, timed from the process's start until the
-    cursor reaches the newest message, and the process's peak RSS in MB. The
-    worker runs in its own process, as in production, so the fake Twilio
+    The worker runs in its own process, as in production, so the fake Twilio
     server in this one does not compete with it for the interpreter.
     """
-    reset_database(url)
-    insert_backlog(url, count)
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -150,23 +126,45 @@ def measure_drain(url: str, fake: FakeTwilio, count: int) -> tuple[float, float]
     }
     command = [str(Path(sys.executable).parent / "smsworker"), "--log-level", "WARNING", "run"]
     command += ["--metrics-port", "0"]
+    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+
+
+def stop_worker_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(30)
+
+
+def measure_drain(url: str, fake: FakeTwilio, count: int) -> tuple[float, float]:
+    """Drain a backlog of `count` messages with a worker process.
+
+    Returns messages per second, timed from the process's start until the
+    cursor reaches the newest message, and the process's peak RSS in MB.
+    """
+    reset_database(url)
+    insert_backlog(url, count)
     with psycopg.connect(url, autocommit=True) as conn:
         newest = conn.execute(
             "SELECT id FROM twilio.message ORDER BY date_created DESC, id DESC LIMIT 1"
         ).fetchone()
         started = time.monotonic()
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+        process = start_worker_process(url, fake)
         try:
             wait_for(lambda: cursor_at(conn) == newest, timeout_s=7200, process=process)
             elapsed = time.monotonic() - started
             status = Path(f"/proc/{process.pid}/status").read_text()
         finally:
-            process.terminate()
-            process.wait(30)
+            stop_worker_process(process)
         if handled_count(conn) != count:
             raise RuntimeError(f"the worker handled {handled_count(conn)} messages, not {count}")
     peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
     return count / elapsed, peak_kb / 1024
+
+
+def worker_listening(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'smsworker-listener'"
+    ).fetchone()
+    return row is not None and row[0] > 0
 
 
 def cursor_at(conn: psycopg.Connection) -> tuple[str] | None:
@@ -204,58 +202,65 @@ def measure_notify_limit(url: str) -> float:
         return statistics.median(samples)
 
 
-class TimedHandler(MessageHandler):
-    """A MessageHandler that notes when each message's batch committed."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.handled_at: dict[str, float] = {}
-
-    def handle_batch(self, conn, messages):  # type: ignore[no-untyped-def]
-        done = super().handle_batch(conn, messages)
-        now = time.monotonic()
-        for handled in done:
-            self.handled_at[handled.message.id] = now
-        return done
-
-
 def measure_live(url: str, fake: FakeTwilio, rate: int, seconds: int) -> dict[str, float]:
-    """Insert `rate` messages a second and time each to its list change and its reply."""
+    """Insert `rate` messages a second and time each to its list change and its reply.
+
+    A trigger added for the benchmark notifies when a handled_message row is
+    inserted. PostgreSQL delivers a notification when its transaction
+    commits, so hearing it times the list change's commit.
+    """
     reset_database(url)
     fake.clear()
-    worker, thread = run_worker(settings_for(url, fake))
-    timed = TimedHandler(
-        cursor_name=worker.settings.cursor_name,
-        max_attempts=worker.settings.handler_max_attempts,
-        metrics=worker.metrics,
-        stop_event=worker.stop_event,
-    )
-    worker.handler = timed
     committed_at: dict[str, float] = {}
+    handled_at: dict[str, float] = {}
     body_to_id: dict[str, str] = {}
-    with psycopg.connect(url, autocommit=True) as conn:
-        interval = 1.0 / rate
-        next_at = time.monotonic() + 1.0
-        for number in range(rate * seconds):
-            time.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += interval
-            message_id = f"SM{number:032x}"
-            body = f"live item {number}"
-            created = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-            conn.execute(
-                'INSERT INTO twilio.message (id, body, date_created, direction, "from", "to")'
-                " VALUES (%s, %s, %s, 'inbound', %s, %s)",
-                [message_id, body, created, ALICE, BOT_NUMBER],
-            )
-            committed_at[message_id] = time.monotonic()
-            body_to_id[body] = message_id
-        total = len(committed_at)
-        wait_for(lambda: len(timed.handled_at) >= total, timeout_s=120)
-        fake.wait_for_messages(total, timeout=120)
-    worker.stop()
-    thread.join()
+    total = rate * seconds
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        psycopg.connect(url, autocommit=True) as listener,
+    ):
+        conn.execute(
+            """
+            CREATE FUNCTION smsworker.bench_handled() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_notify('bench_handled', NEW.message_id); RETURN NULL; END $$;
+            CREATE TRIGGER bench_handled AFTER INSERT ON smsworker.handled_message
+                FOR EACH ROW EXECUTE FUNCTION smsworker.bench_handled();
+            """
+        )
+        listener.execute("LISTEN bench_handled")
 
-    to_change = [timed.handled_at[i] - committed_at[i] for i in committed_at]
+        def listen() -> None:
+            for notification in listener.notifies(timeout=seconds + 120):
+                handled_at[notification.payload] = time.monotonic()
+                if len(handled_at) >= total:
+                    break
+
+        listening = threading.Thread(target=listen, name="bench-listener")
+        listening.start()
+        process = start_worker_process(url, fake)
+        try:
+            wait_for(lambda: worker_listening(conn), timeout_s=60, process=process)
+            interval = 1.0 / rate
+            next_at = time.monotonic()
+            for number in range(total):
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                next_at += interval
+                message_id = f"SM{number:032x}"
+                body = f"live item {number}"
+                created = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+                conn.execute(
+                    'INSERT INTO twilio.message (id, body, date_created, direction, "from", "to")'
+                    " VALUES (%s, %s, %s, 'inbound', %s, %s)",
+                    [message_id, body, created, ALICE, BOT_NUMBER],
+                )
+                committed_at[message_id] = time.monotonic()
+                body_to_id[body] = message_id
+            listening.join()
+            fake.wait_for_messages(total, timeout=120)
+        finally:
+            stop_worker_process(process)
+
+    to_change = [handled_at[i] - committed_at[i] for i in committed_at]
     to_reply = []
     for sent in fake.messages:
         body = sent.body.split(". ", 1)[1]
@@ -286,12 +291,13 @@ def measure_replies(url: str, fake: FakeTwilio, count: int) -> float:
             [ALICE, BOT_NUMBER, count],
         )
     started = time.monotonic()
-    worker, thread = run_worker(settings_for(url, fake))
-    fake.wait_for_messages(count, timeout=1800)
-    elapsed = time.monotonic() - started
-    worker.stop()
-    thread.join()
-    fake.set_delay(0)
+    process = start_worker_process(url, fake)
+    try:
+        fake.wait_for_messages(count, timeout=1800)
+        elapsed = time.monotonic() - started
+    finally:
+        stop_worker_process(process)
+        fake.set_delay(0)
     return elapsed
 
 
