@@ -1,6 +1,6 @@
 """Fixtures: a real PostgreSQL (embedded unless TEST_DATABASE_URL is set), a fresh
-database per test copied from a migrated template, the fake Twilio API, and a
-worker running in a thread."""
+database per test copied from a migrated template, the fake Twilio API, a
+worker running in a thread, and smsworker processes (from cli_helpers)."""
 
 import itertools
 import os
@@ -22,6 +22,7 @@ from smsworker.metrics import Metrics
 from smsworker.sender import TwilioSender
 from smsworker.settings import Settings, TwilioSettings
 from smsworker.worker import Worker
+from tests.cli_helpers import start_cli, start_run  # noqa: F401 (fixtures for every module)
 from tests.fake_twilio import FakeTwilio
 
 TEMPLATE_DATABASE = "smsworker_test_template"
