@@ -1,5 +1,6 @@
 """The `smsworker` command line. It parses options, builds settings and hands off."""
 
+import json
 import logging
 import math
 import os
@@ -9,16 +10,16 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from smsworker import __version__, db, deadletters
+from smsworker import __version__, db, deadletters, replay, status
 from smsworker.embedded import embedded_database_url
 from smsworker.errors import SmsWorkerError
 from smsworker.logs import configure_logging, mask_phone_number, mask_phone_numbers
@@ -48,6 +49,8 @@ E164 = re.compile(r"\+[1-9]\d{1,14}")
 # number in the 555-01xx range, reserved for examples.
 DEFAULT_BOT_NUMBER = "+12135550100"
 DEMO_ACCOUNT_SID = "AC" + "0" * 32
+# Seconds in each unit of a duration such as 30m or 2h.
+DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -58,6 +61,47 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+if TYPE_CHECKING:
+    # click 8.5 made ParamType generic; older releases cannot subscript it.
+    _TimeParamBase = click.ParamType[datetime]
+else:
+    _TimeParamBase = click.ParamType
+
+
+class TimeParam(_TimeParamBase):
+    """A point in time: ISO 8601 (naive means UTC) or a duration ago (30m, 2h, 1d).
+
+    Converts to a naive UTC datetime, the form of twilio.message's timestamps.
+    """
+
+    name = "time"
+    _DURATION = re.compile(r"(\d+)([smhdw])")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        duration = self._DURATION.fullmatch(text)
+        if duration:
+            seconds = int(duration.group(1)) * DURATION_UNITS_S[duration.group(2)]
+            if seconds > 100 * 366 * 86400:
+                self.fail(f"{value!r} reaches back more than 100 years.", param, ctx)
+            now = datetime.now(UTC).replace(tzinfo=None)
+            return now - timedelta(seconds=seconds)
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is neither an ISO 8601 time nor a duration. Examples: "
+                "2026-12-04T09:30 (UTC), 2026-12-04T09:30+01:00, 30m, 2h, 1d.",
+                param,
+                ctx,
+            )
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        return moment
 
 
 def check_database_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -107,9 +151,18 @@ def resolve_database_url(database_url: str | None, data_dir: Path) -> str:
     show_default=True,
     help="Lowest level of log records written to stderr.",
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    envvar="SMSWORKER_LOG_FORMAT",
+    show_envvar=True,
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    default="text",
+    show_default=True,
+    help="text: one readable line a record. json: one JSON object a line, for log shippers.",
+)
+def main(log_level: str, log_format: str) -> None:
     """Run a shared to-do list over SMS from Twilio messages stored in PostgreSQL."""
-    configure_logging(log_level.upper())
+    configure_logging(log_level.upper(), log_format.lower())
 
 
 @main.command()
@@ -471,3 +524,133 @@ def dead_letters_retry(
     )
     if summary.failed_again:
         sys.exit(1)
+
+
+@main.command("status")
+@database_url_option
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
+@click.option(
+    "--max-lag",
+    type=FiniteFloatRange(min=0),
+    help="Exit with code 3 when the lag is above this many seconds, for health checks.",
+)
+def status_command(
+    database_url: str | None, data_dir: Path, as_json: bool, max_lag: float | None
+) -> None:
+    """Show the cursor, lag, backlog, outbox, dead letters and the active worker.
+
+    Reads the database only, so it works while the worker is stopped. Exits 0,
+    1 when the database cannot be read, or 3 when the lag is above --max-lag.
+    """
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        current = status.read_status(url, DEFAULT_CURSOR_NAME)
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+    lagging = max_lag is not None and current.lag_s > max_lag
+    if as_json:
+        click.echo(json.dumps({**current.to_json(), "lag_exceeded": lagging}))
+    else:
+        click.echo(status.format_status(current))
+    if lagging:
+        click.echo(f"The lag of {current.lag_s:.1f} s is above --max-lag {max_lag:g} s.", err=True)
+        sys.exit(3)
+
+
+@main.command("replay")
+@database_url_option
+@data_dir_option
+@click.option(
+    "--since",
+    required=True,
+    type=TimeParam(),
+    help="Start of the window (date_created): ISO 8601, naive means UTC, or a duration "
+    "ago such as 30m, 2h, 1d.",
+)
+@click.option(
+    "--until",
+    type=TimeParam(),
+    help="End of the window, excluded, in the same forms as --since. Default: now.",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be done and change nothing.")
+@click.option(
+    "--handler-max-attempts",
+    type=click.IntRange(min=1, max=100),
+    default=HANDLER_MAX_ATTEMPTS,
+    show_default=True,
+    help="Attempts per message before it goes to the dead letters.",
+)
+def replay_command(
+    database_url: str | None,
+    data_dir: Path,
+    since: datetime,
+    until: datetime | None,
+    dry_run: bool,
+    handler_max_attempts: int,
+) -> None:
+    """Handle the inbound messages of a time window again, in order.
+
+    A message whose effects are recorded is skipped and a dead letter is
+    retried, so a replay fills gaps and is safe to run any number of times,
+    also while a worker runs. The worker's cursor never moves back. Messages
+    that were already in the table when smsworker was installed are left
+    alone. Exits 1 when a message fails again.
+    """
+    until = until or datetime.now(UTC).replace(tzinfo=None)
+    if until <= since:
+        raise click.UsageError(
+            f"--until ({until:%Y-%m-%d %H:%M:%S}) must be after --since "
+            f"({since:%Y-%m-%d %H:%M:%S}); both are UTC"
+        )
+    window = f"{since:%Y-%m-%d %H:%M:%S} to {until:%Y-%m-%d %H:%M:%S} UTC"
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        if dry_run:
+            _print_replay_plan(url, since, until, window)
+            return
+        total = replay.count_messages(url, DEFAULT_CURSOR_NAME, since, until)
+        summary = _replay_with_progress(url, since, until, total, handler_max_attempts)
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(
+        f"Replayed {total} messages from {window}: {summary.handled} handled, "
+        f"{summary.skipped} skipped, {summary.failed} failed."
+    )
+    if summary.failed:
+        click.echo("Failed messages are in the dead letters: smsworker dead-letters list", err=True)
+        sys.exit(1)
+
+
+def _print_replay_plan(url: str, since: datetime, until: datetime, window: str) -> None:
+    counts: dict[str, int] = {}
+    for candidate in replay.list_candidates(url, DEFAULT_CURSOR_NAME, since, until):
+        message = candidate.message
+        click.echo(
+            f"{message.date_created:%Y-%m-%d %H:%M:%S}  {message.id}  "
+            f"from {mask_phone_number(message.from_number)}  {candidate.command}: "
+            f"{candidate.action}"
+        )
+        kind = candidate.action.split(",")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    done = ", ".join(f"{count} to {kind}" for kind, count in counts.items()) or "nothing to do"
+    click.echo(f"Dry run, {window}: {done}. Nothing was changed.")
+
+
+def _replay_with_progress(
+    url: str, since: datetime, until: datetime, total: int, max_attempts: int
+) -> replay.ReplaySummary:
+    def run(on_progress: Callable[[int], None]) -> replay.ReplaySummary:
+        return replay.replay(
+            url,
+            cursor_name=DEFAULT_CURSOR_NAME,
+            since=since,
+            until=until,
+            max_attempts=max_attempts,
+            on_progress=on_progress,
+        )
+
+    if not sys.stderr.isatty():
+        return run(lambda count: None)
+    with click.progressbar(length=total, label="Replaying", file=sys.stderr) as bar:
+        return run(bar.update)

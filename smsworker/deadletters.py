@@ -1,5 +1,6 @@
 """Operator commands on dead letters: messages whose handler kept failing."""
 
+import enum
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -62,18 +63,35 @@ def retry_dead_letters(
     )
     with db.connect(database_url, autocommit=True) as conn, db.database_errors():
         for message_id in message_ids:
-            with conn.transaction():
-                row = conn.execute(queries.LOCK_DEAD_LETTER, {"message_id": message_id}).fetchone()
-                if row is None:
-                    summary.not_dead.append(message_id)
-                    continue
-                conn.execute(queries.RELEASE_DEAD_LETTER, {"message_id": message_id})
-                done = handler.handle_batch(conn, [todo.InboundMessage(*row)])
-                if not done:
-                    summary.not_dead.append(message_id)
-                elif done[0].outcome == DEAD_LETTER_OUTCOME:
-                    summary.failed_again.append(message_id)
-                else:
-                    conn.execute(queries.MARK_DEAD_LETTER_RETRIED, {"message_id": message_id})
-                    summary.handled.append(message_id)
+            result = retry_one(conn, handler, message_id)
+            if result is RetryResult.HANDLED:
+                summary.handled.append(message_id)
+            elif result is RetryResult.FAILED_AGAIN:
+                summary.failed_again.append(message_id)
+            else:
+                summary.not_dead.append(message_id)
     return summary
+
+
+class RetryResult(enum.Enum):
+    """How handling one dead letter again ended."""
+
+    HANDLED = "handled"
+    FAILED_AGAIN = "failed again"
+    NOT_DEAD = "not a dead letter"
+
+
+def retry_one(conn: db.Connection, handler: MessageHandler, message_id: str) -> RetryResult:
+    """Handle one dead-lettered message again, in a transaction of its own."""
+    with conn.transaction():
+        row = conn.execute(queries.LOCK_DEAD_LETTER, {"message_id": message_id}).fetchone()
+        if row is None:
+            return RetryResult.NOT_DEAD
+        conn.execute(queries.RELEASE_DEAD_LETTER, {"message_id": message_id})
+        done = handler.handle_batch(conn, [todo.InboundMessage(*row)])
+        if not done:
+            return RetryResult.NOT_DEAD
+        if done[0].outcome == DEAD_LETTER_OUTCOME:
+            return RetryResult.FAILED_AGAIN
+        conn.execute(queries.MARK_DEAD_LETTER_RETRIED, {"message_id": message_id})
+        return RetryResult.HANDLED

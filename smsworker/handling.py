@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from tenacity import (
@@ -91,7 +92,7 @@ class MessageHandler:
     def __init__(
         self,
         *,
-        cursor_name: str,
+        cursor_name: str | None,
         max_attempts: int,
         metrics: Metrics,
         stop_event: threading.Event,
@@ -130,8 +131,10 @@ class MessageHandler:
             with db.database_errors(), conn.transaction():
                 done = self._apply_one_by_one(conn, messages)
 
+        # date_created is UTC without a time zone.
+        now = datetime.now(UTC).replace(tzinfo=None)
         for handled in done:
-            self._report(handled)
+            self._report(handled, now)
         return done
 
     def _apply_together(
@@ -205,7 +208,8 @@ class MessageHandler:
             yield message
 
     def _advance_cursor(self, conn: db.Connection, last: todo.InboundMessage | None) -> None:
-        if last is not None:
+        """Move the cursor past `last`; a handler without a cursor name leaves it alone."""
+        if last is not None and self.cursor_name is not None:
             conn.execute(
                 queries.ADVANCE_CURSOR,
                 {
@@ -345,9 +349,12 @@ class MessageHandler:
         )
         return Handled(message, command, DEAD_LETTER_OUTCOME, time.monotonic() - started, 0)
 
-    def _report(self, handled: Handled) -> None:
+    def _report(self, handled: Handled, now: datetime) -> None:
         self.metrics.messages_handled.labels(command=handled.command, outcome=handled.outcome).inc()
         self.metrics.handler_duration.observe(handled.duration_s)
+        created = handled.message.date_created
+        if isinstance(created, datetime):
+            self.metrics.message_latency.observe(max(0.0, (now - created).total_seconds()))
         logger.info(
             "Handled message %s from %s: command=%s outcome=%s replies=%d in %.1f ms.",
             handled.message.id,

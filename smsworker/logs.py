@@ -1,8 +1,10 @@
 """Logging set-up for the CLI, with phone numbers masked in every record."""
 
+import json
 import logging
 import re
 import sys
+from datetime import UTC, datetime
 
 # E.164 numbers, bare runs of 8 to 15 digits and North American numbers written
 # with separators. Digits inside ids (SM0123...) and dates do not match. The
@@ -50,15 +52,41 @@ class PhoneNumberMaskingFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send smsworker's log records to stderr, one line each, numbers masked."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, for log shippers: time, level, logger and message.
+
+    A traceback, when there is one, goes in a `traceback` field of the same line.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = record.exc_text or self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
+    """Send smsworker's log records to stderr, one line each, numbers masked.
+
+    `log_format` is "text" or "json" (one JSON object per line).
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(PhoneNumberMaskingFilter())
 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python's warnings become log records, in the same format.
+    logging.captureWarnings(True)
 
     # The twilio library logs every request at INFO, numbers and bodies
     # included; pgserver logs every command it runs.

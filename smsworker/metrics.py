@@ -13,6 +13,10 @@ from prometheus_client import (
 
 from smsworker import __version__
 
+# Twilio stamps date_created when it receives a message, and a syncer may
+# store it seconds or minutes later, so end-to-end latency spans a wide range.
+LATENCY_BUCKETS_S = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
+
 
 class Metrics:
     """The worker's metrics, registered in a registry of their own."""
@@ -27,6 +31,33 @@ class Metrics:
         self.backlog = Gauge(
             "smsworker_backlog_messages",
             "Inbound messages after the cursor, waiting to be handled.",
+            registry=self.registry,
+        )
+        self.cursor_timestamp = Gauge(
+            "smsworker_cursor_timestamp_seconds",
+            "date_created of the last message handled in order, as a Unix time.",
+            registry=self.registry,
+        )
+        self.last_poll = Gauge(
+            "smsworker_last_poll_timestamp_seconds",
+            "Unix time of the last successful query for new messages, after a poll or a"
+            " notification.",
+            registry=self.registry,
+        )
+        self.outbox_pending = Gauge(
+            "smsworker_outbox_pending_replies",
+            "Replies in the outbox waiting to be sent.",
+            registry=self.registry,
+        )
+        self.dead_letters_pending = Gauge(
+            "smsworker_dead_letters_pending",
+            "Dead letters not retried yet.",
+            registry=self.registry,
+        )
+        self.message_latency = Histogram(
+            "smsworker_message_latency_seconds",
+            "Time from a message's date_created to the worker handling it.",
+            buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
         self.messages_handled = Counter(

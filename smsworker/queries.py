@@ -176,17 +176,81 @@ SELECT date_created::text, message_id
 FROM smsworker.processor_cursor WHERE name = %(cursor)s
 """
 
-# Lag (age in seconds of the oldest unhandled message after the cursor) and
-# backlog (how many there are).
-BACKLOG = """
-SELECT count(*),
-       coalesce(extract(epoch FROM (now() AT TIME ZONE 'UTC') - min(m.date_created)), 0)
+# The worker's health for metrics: the cursor position, lag (age in seconds
+# of the oldest unhandled message after the cursor) and backlog (how many
+# there are), the replies waiting to be sent and the dead letters not yet
+# retried. Each count reads a partial index or a small table.
+STATS = """
+SELECT extract(epoch FROM c.date_created AT TIME ZONE 'UTC'),
+       b.backlog,
+       coalesce(extract(epoch FROM (now() AT TIME ZONE 'UTC') - b.oldest), 0),
+       (SELECT count(*) FROM smsworker.outbox WHERE status = 'pending'),
+       (SELECT count(*) FROM smsworker.dead_letter WHERE retried_at IS NULL)
+FROM smsworker.processor_cursor AS c
+CROSS JOIN LATERAL (
+    SELECT count(*) AS backlog, min(m.date_created) AS oldest
+    FROM twilio.message AS m
+    WHERE (m.date_created, m.id) > (c.date_created, c.message_id)
+      AND m.direction = 'inbound'
+      AND m.deleted IS NOT TRUE
+) AS b
+WHERE c.name = %(cursor)s
+"""
+
+# Replies that failed for good, for `smsworker status`.
+COUNT_FAILED_REPLIES = """
+SELECT count(*) FROM smsworker.outbox WHERE status = 'failed'
+"""
+
+# The connection that holds the active role (see TRY_ACTIVE_ROLE), if any.
+# pg_locks shows the two int4 keys as unsigned oids.
+ACTIVE_WORKER = """
+SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start
+FROM pg_locks AS l
+JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'advisory'
+  AND l.granted
+  AND l.objsubid = 2
+  AND l.classid::bigint = 1936552823
+  AND l.objid::bigint = (hashtext(%(cursor)s)::bigint + 4294967296) %% 4294967296
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+# How many inbound messages a replay of a time window reads.
+REPLAY_COUNT = """
+SELECT count(*)
 FROM smsworker.processor_cursor AS c
 JOIN twilio.message AS m
-  ON (m.date_created, m.id) > (c.date_created, c.message_id)
+  ON (m.date_created, m.id) > (c.floor_date_created, c.floor_message_id)
 WHERE c.name = %(cursor)s
+  AND m.date_created >= %(since)s
+  AND m.date_created < %(until)s
   AND m.direction = 'inbound'
   AND m.deleted IS NOT TRUE
+"""
+
+# Inbound messages in a time window, oldest first, from the position after
+# (after_date, after_id), with the outcome recorded for each one (NULL when
+# not handled). Messages at or before the floor were history when smsworker
+# was installed and are never handled.
+REPLAY_CANDIDATES = """
+SELECT m.id, m.date_created, m.body, m."from", m."to", h.outcome
+FROM smsworker.processor_cursor AS c
+CROSS JOIN LATERAL (
+    SELECT * FROM twilio.message AS m
+    WHERE (m.date_created, m.id) > (c.floor_date_created, c.floor_message_id)
+      AND (m.date_created, m.id) > (%(after_date)s, %(after_id)s)
+      AND m.date_created < %(until)s
+      AND m.direction = 'inbound'
+      AND m.deleted IS NOT TRUE
+    ORDER BY m.date_created, m.id
+    LIMIT %(limit)s
+) AS m
+LEFT JOIN LATERAL (
+    SELECT outcome FROM smsworker.handled_message AS h WHERE h.message_id = m.id
+) AS h ON true
+WHERE c.name = %(cursor)s
+ORDER BY m.date_created, m.id
 """
 
 # A page of the list, in the order items were added: the items after the

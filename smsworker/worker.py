@@ -8,6 +8,7 @@ handled already.
 """
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -35,8 +36,9 @@ SHUTDOWN_GRACE_S = 5.0
 # How often a standby tries to take over the active role.
 STANDBY_POLL_S = 1.0
 LISTENER_NAME = "smsworker-listener"
-# Metrics that need a query are refreshed at most this often.
+# How often the metrics read from the database are refreshed.
 STATS_INTERVAL_S = 1.0
+STATS_CONNECTION_NAME = "smsworker-stats"
 # Backoff between reconnects to the database.
 RECONNECT_INITIAL_S = 0.5
 RECONNECT_MAX_S = 10.0
@@ -71,7 +73,9 @@ class Worker:
             metrics=self.metrics,
             stop_event=self.stop_event,
         )
-        self._stats_due = 0.0
+        self._stats_thread = threading.Thread(
+            target=self._refresh_stats_until_stopped, name="smsworker-stats", daemon=True
+        )
 
     def stop(self) -> None:
         """Ask the worker to finish the message in hand and return from run()."""
@@ -84,6 +88,7 @@ class Worker:
         Raises DatabaseUnavailable when the database stays unreachable for
         longer than settings.database_retry_limit_s.
         """
+        self._stats_thread.start()
         try:
             self._run_with_reconnects()
         finally:
@@ -188,7 +193,6 @@ class Worker:
             elif now >= next_poll:
                 self._drain(conn, queries.FETCH_AFTER_CURSOR, {})
                 next_poll = time.monotonic() + settings.poll_interval_s
-            self._refresh_stats(conn)
 
     def _log_start(self, conn: db.Connection) -> None:
         row = conn.execute(
@@ -239,12 +243,12 @@ class Worker:
                 rows = conn.execute(
                     query, {**params, "cursor": self.settings.cursor_name, "limit": limit}
                 ).fetchall()
+                self.metrics.last_poll.set_to_current_time()
                 messages = [todo.InboundMessage(*row) for row in rows]
                 done = self.handler.handle_batch(conn, messages)
                 replies = sum(handled.replies for handled in done)
                 if replies and not paused:
                     self.delivery.wake(replies)
-                self._refresh_stats(conn)
                 if len(rows) < limit:
                     break
                 if not paused:
@@ -254,15 +258,48 @@ class Worker:
             if paused:
                 self.delivery.resume()
 
+    def _refresh_stats_until_stopped(self) -> None:
+        """Refresh the gauges read from the database, on a connection of their own.
+
+        A thread of its own keeps lag and backlog current while the handler is
+        stuck or this process is a standby.
+        """
+        conn: db.Connection | None = None
+        last_error = ""
+        while not self.stop_event.wait(STATS_INTERVAL_S):
+            try:
+                if conn is None or conn.closed:
+                    conn = db.connect(
+                        self.settings.database_url,
+                        autocommit=True,
+                        application_name=STATS_CONNECTION_NAME,
+                    )
+                with db.database_errors():
+                    self._refresh_stats(conn)
+                last_error = ""
+            except Exception as error:
+                # The worker's own loop reports outages; say each new error once.
+                if str(error) != last_error:
+                    logger.warning("Could not refresh the metrics: %s", error)
+                last_error = str(error)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
     def _refresh_stats(self, conn: db.Connection) -> None:
-        now = time.monotonic()
-        if now < self._stats_due:
+        row = conn.execute(queries.STATS, {"cursor": self.settings.cursor_name}).fetchone()
+        if row is None:
             return
-        self._stats_due = now + STATS_INTERVAL_S
-        row = conn.execute(queries.BACKLOG, {"cursor": self.settings.cursor_name}).fetchone()
-        if row is not None:
-            self.metrics.backlog.set(row[0])
-            self.metrics.lag.set(max(0.0, float(row[1])))
+        cursor_at, backlog, lag_s, outbox_pending, dead_letters = row
+        # The cursor starts at -infinity, before the first message.
+        if cursor_at is not None and math.isfinite(cursor_at):
+            self.metrics.cursor_timestamp.set(float(cursor_at))
+        self.metrics.backlog.set(backlog)
+        self.metrics.lag.set(max(0.0, float(lag_s)))
+        self.metrics.outbox_pending.set(outbox_pending)
+        self.metrics.dead_letters_pending.set(dead_letters)
 
 
 def describe_database(database_url: str) -> str:
