@@ -5,7 +5,10 @@ PostgreSQL and the fake Twilio server, and reads the metrics over HTTP.
 """
 
 import json
+import os
+import pty
 import signal
+import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +20,14 @@ import pytest
 
 from smsworker.cli import TimeParam
 from smsworker.logs import mask_phone_number
-from tests.cli_helpers import CliProcess, cli_env, free_port, run_cli, scrape_metrics
+from tests.cli_helpers import (
+    SMSWORKER,
+    CliProcess,
+    cli_env,
+    free_port,
+    run_cli,
+    scrape_metrics,
+)
 from tests.conftest import (
     ALICE,
     create_item_trigger,
@@ -232,6 +242,37 @@ def test_replay_beside_running_worker_applies_once(
 
     assert result.returncode == 0, result.stderr
     assert sorted(list_items(conn)) == sorted(bodies)
+
+
+def test_replay_progress_bar_on_terminal(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    for body in ("one", "two"):
+        insert_inbound(conn, body, date_created=utc_now() - timedelta(minutes=5))
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [str(SMSWORKER), "replay", "--since", "1h"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=cli_env(database_url),
+        cwd=tmp_path,
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the process closed the terminal.
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+
+    assert process.wait(30) == 0
+    assert "Replaying" in output.decode()
+    assert "2 handled, 0 skipped, 0 failed" in output.decode()
 
 
 @pytest.mark.parametrize(
