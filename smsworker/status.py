@@ -10,7 +10,7 @@ from smsworker import db, queries
 
 @dataclass(frozen=True)
 class ActiveWorker:
-    """The database connection that holds the active role."""
+    """The database connection that has the active role's lock."""
 
     backend_pid: int
     application_name: str
@@ -20,7 +20,7 @@ class ActiveWorker:
 
 @dataclass(frozen=True)
 class Status:
-    """Where the worker is and what waits for it."""
+    """The cursor position and the work waiting for the worker."""
 
     cursor_date_created: datetime | None
     cursor_message_id: str
@@ -57,7 +57,9 @@ def read_status(database_url: str, cursor_name: str) -> Status:
         cursor = conn.execute(queries.SHOW_CURSOR, params).fetchone()
         failed = conn.execute(queries.COUNT_FAILED_REPLIES).fetchone()
         worker = conn.execute(queries.ACTIVE_WORKER, params).fetchone()
-    assert stats is not None and cursor is not None and failed is not None
+    assert stats is not None
+    assert cursor is not None
+    assert failed is not None
     cursor_epoch, backlog, lag_s, outbox_pending, dead_letters = stats
     cursor_date_created = None
     if cursor_epoch is not None and math.isfinite(cursor_epoch):

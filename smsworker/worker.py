@@ -233,8 +233,8 @@ class Worker:
     def _drain(self, conn: db.Connection, query: str, params: dict[str, Any]) -> None:
         """Handle batches from `query` until it returns a short batch or the worker stops.
 
-        Reply sending pauses from the second full batch on, until the backlog
-        is gone.
+        Reply sending pauses after the first full batch, until the backlog is
+        gone.
         """
         limit = self.settings.batch_size
         paused = False
@@ -278,7 +278,7 @@ class Worker:
                     self._refresh_stats(conn)
                 last_error = ""
             except Exception as error:
-                # The worker's own loop reports outages; say each new error once.
+                # The worker's own loop reports outages; log each new error once.
                 if str(error) != last_error:
                     logger.warning("Could not refresh the metrics: %s", error)
                 last_error = str(error)
