@@ -104,13 +104,23 @@ class TimeParam(_TimeParamBase):
         return moment
 
 
+# The password of a postgresql:// URL, and of a key=value connection string.
+_URL_PASSWORD = re.compile(r"://[^:/@]*:([^@]*)@")
+_KEY_VALUE_PASSWORD = re.compile(r"password\s*=\s*'?([^'\s]+)")
+
+
 def check_database_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Reject a database URL that libpq cannot parse, before anything connects."""
     if value:
         try:
             conninfo_to_dict(value)
         except psycopg.ProgrammingError as error:
-            raise click.BadParameter(f"invalid connection string: {error}") from error
+            # libpq quotes the string it could not parse, password included.
+            detail = str(error)
+            passwords = _URL_PASSWORD.findall(value) + _KEY_VALUE_PASSWORD.findall(value)
+            for password in filter(None, passwords):
+                detail = detail.replace(password, "***")
+            raise click.BadParameter(f"invalid connection string: {detail}") from error
     return value
 
 
@@ -597,7 +607,10 @@ def replay_command(
     that were already in the table when smsworker was installed are left
     alone. Exits 1 when a message fails again.
     """
-    until = until or datetime.now(UTC).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    if until is None and since >= now:
+        raise click.UsageError(f"--since ({since:%Y-%m-%d %H:%M:%S} UTC) is in the future")
+    until = until or now
     if until <= since:
         raise click.UsageError(
             f"--until ({until:%Y-%m-%d %H:%M:%S}) must be after --since "

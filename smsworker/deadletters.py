@@ -9,6 +9,7 @@ from datetime import datetime
 from smsworker import db, queries, todo
 from smsworker.handling import DEAD_LETTER_OUTCOME, MessageHandler
 from smsworker.metrics import Metrics
+from smsworker.settings import DEFAULT_CURSOR_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class RetrySummary:
 def list_dead_letters(database_url: str, *, include_retried: bool = False) -> list[DeadLetter]:
     """Return the dead letters, oldest failure first."""
     with db.connect(database_url, autocommit=True) as conn, db.database_errors():
+        db.check_schema(conn, DEFAULT_CURSOR_NAME)
         rows = conn.execute(queries.LIST_DEAD_LETTERS, {"include_retried": include_retried})
         return [DeadLetter(*row) for row in rows]
 
@@ -62,6 +64,7 @@ def retry_dead_letters(
         stop_event=threading.Event(),
     )
     with db.connect(database_url, autocommit=True) as conn, db.database_errors():
+        db.check_schema(conn, cursor_name)
         for message_id in message_ids:
             result = retry_one(conn, handler, message_id)
             if result is RetryResult.HANDLED:

@@ -21,7 +21,12 @@ def embedded_database_url(data_dir: Path) -> str:
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
         import pgserver  # type: ignore[attr-defined,unused-ignore]  # Slow to import.
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatabaseUnavailable(
+            f"cannot create the embedded PostgreSQL's folder {data_dir}: {error.strerror}"
+        ) from error
     try:
         server = pgserver.get_server(data_dir.resolve(), cleanup_mode="stop")
     except Exception as error:  # pgserver raises plain exceptions of many kinds.

@@ -84,7 +84,9 @@ class TwilioSender:
 
     def _translate(self, error: TwilioRestException) -> Exception:
         description = f"Twilio returned HTTP {error.status}, error {error.code}: {error.msg}"
-        if error.status == 429 or error.status >= 500:
+        # 401 means the credentials are wrong or revoked. Every reply fails
+        # alike until an operator fixes them, so the replies wait for that.
+        if error.status in (401, 429) or error.status >= 500:
             return TransientSendError(
                 description,
                 status=error.status,

@@ -97,7 +97,7 @@ def format_status(status: Status) -> str:
     rows = [
         ("Cursor", cursor),
         ("Lag", f"{status.lag_s:.1f} s"),
-        ("Backlog", f"{status.backlog} messages"),
+        ("Backlog", f"{status.backlog} message{'s' if status.backlog != 1 else ''}"),
         ("Outbox", f"{status.outbox_pending} pending, {status.outbox_failed} failed"),
         ("Dead letters", f"{status.dead_letters} not retried"),
         ("Active worker", active),

@@ -823,3 +823,48 @@ def test_run_logs_mask_phone_numbers(
     assert "+*******0101" in stderr
     assert "+*******0102" in stderr
     assert "+*******0103" in stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://worker:S3cretPW@[::1/db",
+        "postgresql://worker:S3cret PW@db.example.com/db",
+        "postgresql://worker:S3cret%zzPW@db.example.com/db",
+    ],
+    ids=["bad-host", "space", "bad-escape"],
+)
+def test_invalid_database_url_hides_password(tmp_path: Path, url: str) -> None:
+    result = run_cli("status", env=cli_env(url), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "invalid connection string" in result.stderr
+    assert "S3cret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["dead-letters", "list"], ["dead-letters", "retry", "--all"], ["status"]],
+    ids=["dead-letters-list", "dead-letters-retry", "status"],
+)
+def test_operator_command_unmigrated_database_exits_1(
+    empty_database_url: str, tmp_path: Path, arguments: list[str]
+) -> None:
+    result = run_cli(*arguments, env=cli_env(empty_database_url), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "smsworker migrate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_dir_that_cannot_be_created_exits_1(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    result = run_cli(
+        "status", "--data-dir", str(blocker / "pgdata"), env=cli_env(None), cwd=tmp_path
+    )
+
+    assert result.returncode == 1
+    assert "cannot create the embedded PostgreSQL's folder" in result.stderr
+    assert "Traceback" not in result.stderr

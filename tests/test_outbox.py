@@ -130,3 +130,28 @@ def test_unreachable_twilio_retried_not_failed(conn, start_worker):
     assert attempts >= 1
     assert row is not None
     assert "unreachable" in row[0]
+
+
+def test_wrong_credentials_keep_replies_pending(conn, start_worker, fake_twilio: FakeTwilio):
+    """A wrong auth token fails every reply alike: they wait until it is fixed."""
+    wrong = TwilioSettings(fake_twilio.account_sid, "wrong-token", fake_twilio.url)
+    worker = start_worker(twilio=wrong, send_retry_budget_s=0.5)
+    insert_inbound(conn, "milk")
+    wait_until(
+        lambda: (
+            conn.execute(
+                "SELECT error_code FROM smsworker.outbox WHERE status = 'pending'"
+            ).fetchone()
+            == (20003,)
+        ),
+        message="the reply pending after an authentication error",
+    )
+    worker.stop()
+    assert fake_twilio.messages == []
+
+    start_worker()
+    conn.execute("UPDATE smsworker.outbox SET next_attempt_at = now()")
+    wait_until(lambda: pending_replies(conn) == 0, message="the reply sent")
+
+    assert [sent.body for sent in fake_twilio.messages] == ["Added 1. milk"]
+    assert outbox_rows(conn)[0][0] == "sent"
