@@ -1,8 +1,10 @@
 """Benchmark smsworker against limits measured on the same machine in the same run.
 
 Usage: `make bench`, or `.venv/bin/python bench/run.py`. Writes bench/results.md
-and prints it. Uses DATABASE_URL when set (a database it may fill and empty),
-else an embedded PostgreSQL in a temporary folder. Sizes come from the
+and prints it. Runs against an embedded PostgreSQL in a temporary folder, or
+against BENCH_DATABASE_URL when set: a scratch database whose smsworker and
+twilio schemas it DROPS. DATABASE_URL is ignored, so a shell set up for the
+worker cannot point the benchmark at production data. Sizes come from the
 environment so a quick run is possible:
 
     BENCH_DRAIN_MESSAGES   backlog drained in the catch-up measurement (100000)
@@ -358,7 +360,7 @@ def main() -> None:
     memory_messages = env_int("BENCH_MEMORY_MESSAGES", 1_000_000)
 
     server = None
-    url = os.environ.get("DATABASE_URL")
+    url = os.environ.get("BENCH_DATABASE_URL")
     if not url:
         import pgserver
 
