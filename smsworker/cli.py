@@ -88,7 +88,10 @@ class TimeParam(_TimeParamBase):
             seconds = int(duration.group(1)) * DURATION_UNITS_S[duration.group(2)]
             if seconds > 100 * 366 * 86400:
                 self.fail(f"{value!r} reaches back more than 100 years.", param, ctx)
+            # Every duration of one command counts back from the same moment.
             now = datetime.now(UTC).replace(tzinfo=None)
+            if ctx is not None:
+                now = ctx.meta.setdefault("smsworker.now", now)
             return now - timedelta(seconds=seconds)
         try:
             moment = datetime.fromisoformat(text)

@@ -305,6 +305,9 @@ class Worker:
 def describe_database(database_url: str) -> str:
     """Describe a database for logs: host, port and name, never the password."""
     params = conninfo_to_dict(database_url)
-    host = params.get("host") or "localhost"
+    name = params.get("dbname") or params.get("user") or "?"
+    host = str(params.get("host") or "localhost")
+    if host.startswith("/"):
+        return f"{name} on the Unix socket in {host}"
     port = params.get("port") or "5432"
-    return f"{params.get('dbname') or params.get('user') or '?'} on {host}:{port}"
+    return f"{name} on {host}:{port}"

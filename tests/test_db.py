@@ -95,3 +95,14 @@ def test_migrate_replaces_the_per_row_size_trigger(database_url):
         conn.execute("INSERT INTO smsworker.list_item (body) VALUES ('one'), ('two')")
 
         assert list_size(conn) == 2
+
+
+def test_describe_database_names_host_or_socket():
+    from smsworker.worker import describe_database
+
+    assert describe_database("postgresql://w:secret@db.example.com:6432/twilio") == (
+        "twilio on db.example.com:6432"
+    )
+    assert describe_database("postgresql://postgres@/postgres?host=/tmp/pg") == (
+        "postgres on the Unix socket in /tmp/pg"
+    )

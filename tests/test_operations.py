@@ -281,9 +281,10 @@ def test_replay_progress_bar_on_terminal(
         ["--since", "yesterday"],
         ["--since", "10 minutes"],
         ["--since", "2h", "--until", "3h"],
+        ["--since", "1h", "--until", "1h"],
         ["--since", "99999999999d"],
     ],
-    ids=["word", "spaced-duration", "until-before-since", "huge-duration"],
+    ids=["word", "spaced-duration", "until-before-since", "empty-window", "huge-duration"],
 )
 def test_replay_invalid_time_exits_2(
     database_url: str, tmp_path: Path, arguments: list[str]
