@@ -19,7 +19,7 @@ import click
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from smsworker import __version__, db, deadletters, replay, status
+from smsworker import __version__, db, deadletters, replay, status, webhook
 from smsworker.embedded import embedded_database_url
 from smsworker.errors import SmsWorkerError
 from smsworker.logs import configure_logging, mask_phone_number, mask_phone_numbers
@@ -670,3 +670,80 @@ def _replay_with_progress(
         return run(lambda count: None)
     with click.progressbar(length=total, label="Replaying", file=sys.stderr) as bar:
         return run(bar.update)
+
+
+@main.command("webhook")
+@database_url_option
+@data_dir_option
+@click.option(
+    "--public-url",
+    envvar="SMSWORKER_WEBHOOK_PUBLIC_URL",
+    show_envvar=True,
+    required=True,
+    help="The URL Twilio calls, exactly as set on the phone number: Twilio signs it, so "
+    "the signature check needs it. Its path is the path served.",
+)
+@click.option(
+    "--twilio-auth-token",
+    envvar="TWILIO_AUTH_TOKEN",
+    show_envvar=True,
+    required=True,
+    help="Twilio auth token, which signs the webhook requests.",
+)
+@click.option(
+    "--address",
+    envvar="SMSWORKER_WEBHOOK_ADDRESS",
+    show_envvar=True,
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; put a TLS reverse proxy in front for Twilio.",
+)
+@click.option(
+    "--port",
+    envvar="SMSWORKER_WEBHOOK_PORT",
+    show_envvar=True,
+    type=click.IntRange(min=1, max=65535),
+    default=8080,
+    show_default=True,
+    help="TCP port to listen on.",
+)
+def webhook_command(
+    database_url: str | None,
+    data_dir: Path,
+    public_url: str,
+    twilio_auth_token: str,
+    address: str,
+    port: int,
+) -> None:
+    """Receive Twilio's inbound-message webhook and store each message at once.
+
+    Requests without a valid X-Twilio-Signature get 403. A message Twilio
+    sends twice is stored once. GET /healthz answers 200 while the database
+    is reachable. Stops on SIGTERM or Ctrl-C.
+    """
+    if not public_url.startswith(("http://", "https://")):
+        raise click.BadParameter(
+            f"{public_url!r} is not an http(s) URL; for example "
+            "https://sms.example.com/twilio/inbound",
+            param_hint="--public-url",
+        )
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        with db.connect(url, autocommit=True) as conn, db.database_errors():
+            db.check_schema(conn, DEFAULT_CURSOR_NAME)
+        server = webhook.WebhookServer(
+            (address, port), database_url=url, auth_token=twilio_auth_token, public_url=public_url
+        )
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot listen on {address}:{port} (--port): {error.strerror}"
+        ) from error
+    _stop_on_signals(lambda: threading.Thread(target=server.shutdown).start())
+    logger.info(
+        "smsworker webhook listening on %s:%d for %s.", address, server.server_port, public_url
+    )
+    with server:
+        server.serve_forever()
+    logger.info("smsworker webhook stopped.")

@@ -349,3 +349,20 @@ INSERT INTO twilio.message (
     NULL, 0, %(num_segments)s, NULL, 'USD', 'received', %(to)s, %(uri)s
 )
 """
+
+# A message from Twilio's inbound-message webhook. The same message may
+# arrive twice (a request sent again, or a syncer that stored it first): the
+# second insert changes nothing.
+INSERT_WEBHOOK_MESSAGE = """
+INSERT INTO twilio.message (
+    id, account_id, api_version, body, date_created, date_sent, date_updated,
+    deleted, direction, "from", messaging_service_id, num_media, num_segments,
+    price_unit, status, "to", uri
+) VALUES (
+    %(id)s, %(account_id)s, %(api_version)s, %(body)s, %(date_created)s,
+    %(date_created)s, %(date_created)s, false, 'inbound', %(from)s,
+    %(messaging_service_id)s, %(num_media)s, %(num_segments)s, 'USD', 'received',
+    %(to)s, %(uri)s
+)
+ON CONFLICT (id) DO NOTHING
+"""
