@@ -6,10 +6,12 @@ every test module.
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -36,7 +38,7 @@ def cli_env(
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("TWILIO_", "SMSWORKER_", "PG"))
-        and name not in {"DATABASE_URL", "TEST_DATABASE_URL"}
+        and name not in {"DATABASE_URL", "TEST_DATABASE_URL", "TZ"}
         and not name.lower().endswith("_proxy")
     }
     if database_url is not None:
@@ -128,8 +130,23 @@ class CliProcess:
                 f"stdout:\n{self.output('stdout')}\nstderr:\n{self.output('stderr')}"
             )
 
+    @property
+    def stderr(self) -> str:
+        """Return what the process wrote to stderr so far."""
+        return self.output("stderr")
+
+    def wait_for_stderr(self, text: str, timeout: float = WAIT_S) -> None:
+        self.wait_for_output("stderr", text, timeout)
+
     def send_signal(self, signum: int) -> None:
         self.popen.send_signal(signum)
+
+    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, float]:
+        """Send `signum`, wait for the exit, and return the exit code and the seconds it took."""
+        signalled = time.monotonic()
+        self.send_signal(signum)
+        code = self.wait_exit(timeout=30)
+        return code, time.monotonic() - signalled
 
     def wait_exit(self, timeout: float = WAIT_S) -> int:
         """Wait for the process to exit and its output to be read, and return the exit code."""

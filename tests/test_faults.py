@@ -8,17 +8,11 @@ anywhere but on 127.0.0.1 and the embedded servers' Unix sockets, and every
 process a test starts is killed when the test ends.
 """
 
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +20,15 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.cli_helpers import (
+    STARTED_LINE,
+    WAIT_S,
+    CliProcess,
+    cli_env,
+    free_port,
+    run_cli,
+    scrape_metrics,
+)
 from tests.conftest import (
     ALICE,
     BOB,
@@ -39,16 +42,12 @@ from tests.conftest import (
 )
 from tests.fake_twilio import FakeTwilio
 
-SMSWORKER = Path(sys.executable).parent / "smsworker"
-STARTED_LINE = "smsworker started"
 STANDBY_LINE = "waiting as a standby"
 RECONNECT_WARNING = re.compile(r"WARNING smsworker\.worker: Lost the database, reconnecting")
 ADDED_REPLY = re.compile(r"Added (\d+)\. (.*)", re.DOTALL)
 ROLE_ACTIVE = 'smsworker_role{role="active"}'
 ROLE_STANDBY = 'smsworker_role{role="standby"}'
 NOTIFY_TRIGGER = "smsworker_notify_inbound_message"
-# How long a test waits for a process to print a line, exit or do its work.
-WAIT_S = 15.0
 # A stopped worker must exit within this many seconds of SIGTERM.
 STOP_LIMIT_S = 10.0
 # A trigger body that makes adding an item slow, so faults land mid-batch.
@@ -60,169 +59,31 @@ POLL_INTERVAL = "1"
 # Running the command line
 
 
-def cli_env(database_url: str, twilio: FakeTwilio | None = None, **extra: str) -> dict[str, str]:
-    """Build the environment of an smsworker process: this one, minus its settings."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("TWILIO_", "SMSWORKER_", "PG"))
-        and name not in {"DATABASE_URL", "TEST_DATABASE_URL", "TZ"}
-        and not name.lower().endswith("_proxy")
-    }
-    env["DATABASE_URL"] = database_url
-    if twilio is not None:
-        env["TWILIO_ACCOUNT_SID"] = twilio.account_sid
-        env["TWILIO_AUTH_TOKEN"] = twilio.auth_token
-        env["TWILIO_API_BASE_URL"] = twilio.url
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run one smsworker command to completion. A timeout kills it and fails the test."""
-    return subprocess.run(
-        [str(SMSWORKER), *args],
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-class CliProcess:
-    """A long-running smsworker process whose stderr is read as it comes."""
-
-    def __init__(self, args: Sequence[str], env: dict[str, str], cwd: Path) -> None:
-        self.args = list(args)
-        self.popen = subprocess.Popen(
-            [str(SMSWORKER), *args],
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            # A session of its own keeps signals sent to the test runner's process
-            # group, such as Ctrl-C, away from the worker.
-            start_new_session=True,
-        )
-        self._changed = threading.Condition()
-        self._lines: list[str] = []
-        self._closed = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stderr is not None
-        try:
-            for line in self.popen.stderr:
-                with self._changed:
-                    self._lines.append(line)
-                    self._changed.notify_all()
-        except (OSError, ValueError):
-            pass  # The stream was closed by close().
-        finally:
-            with self._changed:
-                self._closed = True
-                self._changed.notify_all()
-
-    @property
-    def stderr(self) -> str:
-        """What the process wrote to stderr so far."""
-        with self._changed:
-            return "".join(self._lines)
-
-    def wait_for_stderr(self, text: str, timeout: float = WAIT_S) -> None:
-        """Wait until `text` appears on stderr, and fail early when the stream closes."""
-        with self._changed:
-            self._changed.wait_for(lambda: text in "".join(self._lines) or self._closed, timeout)
-        if text not in self.stderr:
-            raise AssertionError(
-                f"{text!r} did not appear on the stderr of smsworker {' '.join(self.args)} "
-                f"within {timeout} s (exit code {self.popen.poll()}):\n{self.stderr}"
-            )
-
-    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, float]:
-        """Send `signum`, wait for the exit, and return the exit code and the seconds it took."""
-        signalled = time.monotonic()
-        self.popen.send_signal(signum)
-        # Longer than STOP_LIMIT_S, so a slow stop fails the elapsed-time assert, not this wait.
-        code = self.wait_exit(timeout=30)
-        return code, time.monotonic() - signalled
-
-    def wait_exit(self, timeout: float = WAIT_S) -> int:
-        """Wait for the process to exit and its stderr to be read, and return the exit code."""
-        code = self.popen.wait(timeout)
-        self._reader.join(timeout)
-        return code
-
-    def close(self) -> None:
-        """Kill the process if it still runs, and release its pipe."""
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait()
-        self._reader.join(5)
-        if self.popen.stderr is not None:
-            self.popen.stderr.close()
-
-
 @pytest.fixture
-def start_run(tmp_path: Path) -> Iterator[Callable[..., CliProcess]]:
-    """Start `smsworker run` processes. Each one is killed when the test ends.
+def start_run(start_cli: Callable[..., CliProcess]) -> Callable[..., CliProcess]:
+    """Start `smsworker run`, polling every POLL_INTERVAL seconds.
 
     By default the call returns once the worker printed its start line.
     """
-    started: list[CliProcess] = []
 
     def start(
         env: dict[str, str], *options: str, metrics_port: int = 0, wait_for: str = STARTED_LINE
     ) -> CliProcess:
-        process = CliProcess(
-            [
-                "run",
-                "--metrics-address",
-                "127.0.0.1",
-                "--metrics-port",
-                str(metrics_port),
-                "--poll-interval",
-                POLL_INTERVAL,
-                *options,
-            ],
-            env,
-            tmp_path,
+        process = start_cli(
+            "run",
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            str(metrics_port),
+            "--poll-interval",
+            POLL_INTERVAL,
+            *options,
+            env=env,
         )
-        started.append(process)
         process.wait_for_stderr(wait_for)
         return process
 
-    yield start
-    for process in started:
-        process.close()
-
-
-def free_port() -> int:
-    """Return a TCP port of 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def scrape_metrics(port: int) -> dict[str, float]:
-    """Fetch a worker's /metrics and return each sample's value by its name and labels."""
-    # No proxy: the request must reach the worker on 127.0.0.1.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+    return start
 
 
 # Reading and changing the database
