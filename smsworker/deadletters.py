@@ -2,13 +2,11 @@
 
 import enum
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from smsworker import db, queries, todo
 from smsworker.handling import DEAD_LETTER_OUTCOME, MessageHandler
-from smsworker.metrics import Metrics
 from smsworker.settings import DEFAULT_CURSOR_NAME
 
 logger = logging.getLogger(__name__)
@@ -57,12 +55,7 @@ def retry_dead_letters(
     outbox, where a running worker sends them.
     """
     summary = RetrySummary()
-    handler = MessageHandler(
-        cursor_name=cursor_name,
-        max_attempts=max_attempts,
-        metrics=Metrics(),
-        stop_event=threading.Event(),
-    )
+    handler = MessageHandler(cursor_name=cursor_name, max_attempts=max_attempts)
     with db.connect(database_url, autocommit=True) as conn, db.database_errors():
         db.check_schema(conn, cursor_name)
         for message_id in message_ids:

@@ -94,13 +94,18 @@ class MessageHandler:
         *,
         cursor_name: str | None,
         max_attempts: int,
-        metrics: Metrics,
-        stop_event: threading.Event,
+        metrics: Metrics | None = None,
+        stop_event: threading.Event | None = None,
     ) -> None:
+        """Without a cursor name, handled messages never move a cursor.
+
+        Operator commands pass no metrics and no stop event: theirs are
+        private to the command and never set.
+        """
         self.cursor_name = cursor_name
         self.max_attempts = max_attempts
-        self.metrics = metrics
-        self.stop_event = stop_event
+        self.metrics = metrics or Metrics()
+        self.stop_event = stop_event or threading.Event()
 
     def handle_batch(
         self, conn: db.Connection, messages: Sequence[todo.InboundMessage]

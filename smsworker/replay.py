@@ -5,7 +5,6 @@ retried, so a replay fills gaps and can run any number of times, also while
 a worker runs. It never moves the worker's cursor.
 """
 
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,7 +13,6 @@ from smsworker import db, queries, todo
 from smsworker.commands import parse
 from smsworker.deadletters import RetryResult, retry_one
 from smsworker.handling import DEAD_LETTER_OUTCOME, MessageHandler
-from smsworker.metrics import Metrics
 
 # Messages read and handled per transaction.
 REPLAY_BATCH_SIZE = 500
@@ -80,12 +78,7 @@ def replay(
     """Handle the window's messages in order; return what was handled, skipped and failed."""
     summary = ReplaySummary()
     # Without a cursor name the handler never moves the worker's cursor.
-    handler = MessageHandler(
-        cursor_name=None,
-        max_attempts=max_attempts,
-        metrics=Metrics(),
-        stop_event=threading.Event(),
-    )
+    handler = MessageHandler(cursor_name=None, max_attempts=max_attempts)
     with db.connect(database_url, autocommit=True) as conn, db.database_errors():
         db.check_schema(conn, cursor_name)
         for page in _pages(conn, cursor_name, since, until):
