@@ -44,6 +44,34 @@ class Status:
         return values
 
 
+@dataclass(frozen=True)
+class Stats:
+    """The figures the worker's gauges and `smsworker status` share."""
+
+    cursor_timestamp: float | None
+    backlog: int
+    lag_s: float
+    outbox_pending: int
+    dead_letters: int
+
+
+def read_stats(conn: db.Connection, cursor_name: str) -> Stats | None:
+    """Run the STATS query; None when the cursor does not exist."""
+    row = conn.execute(queries.STATS, {"cursor": cursor_name}).fetchone()
+    if row is None:
+        return None
+    cursor_epoch, backlog, lag_s, outbox_pending, dead_letters = row
+    # The cursor starts at -infinity, before the first message.
+    finite = cursor_epoch is not None and math.isfinite(cursor_epoch)
+    return Stats(
+        cursor_timestamp=float(cursor_epoch) if finite else None,
+        backlog=int(backlog),
+        lag_s=max(0.0, float(lag_s)),
+        outbox_pending=int(outbox_pending),
+        dead_letters=int(dead_letters),
+    )
+
+
 def read_status(database_url: str, cursor_name: str) -> Status:
     """Read the status in one read-only transaction; no worker needs to run."""
     params = {"cursor": cursor_name}
@@ -53,25 +81,24 @@ def read_status(database_url: str, cursor_name: str) -> Status:
     ):
         conn.read_only = True
         db.check_schema(conn, cursor_name)
-        stats = conn.execute(queries.STATS, params).fetchone()
+        stats = read_stats(conn, cursor_name)
         cursor = conn.execute(queries.SHOW_CURSOR, params).fetchone()
         failed = conn.execute(queries.COUNT_FAILED_REPLIES).fetchone()
         worker = conn.execute(queries.ACTIVE_WORKER, params).fetchone()
     assert stats is not None
     assert cursor is not None
     assert failed is not None
-    cursor_epoch, backlog, lag_s, outbox_pending, dead_letters = stats
     cursor_date_created = None
-    if cursor_epoch is not None and math.isfinite(cursor_epoch):
-        cursor_date_created = datetime.fromtimestamp(float(cursor_epoch), UTC)
+    if stats.cursor_timestamp is not None:
+        cursor_date_created = datetime.fromtimestamp(stats.cursor_timestamp, UTC)
     return Status(
         cursor_date_created=cursor_date_created,
         cursor_message_id=cursor[1],
-        lag_s=max(0.0, float(lag_s)),
-        backlog=int(backlog),
-        outbox_pending=int(outbox_pending),
+        lag_s=stats.lag_s,
+        backlog=stats.backlog,
+        outbox_pending=stats.outbox_pending,
         outbox_failed=int(failed[0]),
-        dead_letters=int(dead_letters),
+        dead_letters=stats.dead_letters,
         active_worker=ActiveWorker(*worker) if worker is not None else None,
     )
 

@@ -8,7 +8,6 @@ handled already.
 """
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
-from smsworker import db, queries, todo
+from smsworker import db, queries, status, todo
 from smsworker.errors import DatabaseUnavailable
 from smsworker.handling import MessageHandler
 from smsworker.metrics import Metrics
@@ -289,17 +288,15 @@ class Worker:
             conn.close()
 
     def _refresh_stats(self, conn: db.Connection) -> None:
-        row = conn.execute(queries.STATS, {"cursor": self.settings.cursor_name}).fetchone()
-        if row is None:
+        stats = status.read_stats(conn, self.settings.cursor_name)
+        if stats is None:
             return
-        cursor_at, backlog, lag_s, outbox_pending, dead_letters = row
-        # The cursor starts at -infinity, before the first message.
-        if cursor_at is not None and math.isfinite(cursor_at):
-            self.metrics.cursor_timestamp.set(float(cursor_at))
-        self.metrics.backlog.set(backlog)
-        self.metrics.lag.set(max(0.0, float(lag_s)))
-        self.metrics.outbox_pending.set(outbox_pending)
-        self.metrics.dead_letters_pending.set(dead_letters)
+        if stats.cursor_timestamp is not None:
+            self.metrics.cursor_timestamp.set(stats.cursor_timestamp)
+        self.metrics.backlog.set(stats.backlog)
+        self.metrics.lag.set(stats.lag_s)
+        self.metrics.outbox_pending.set(stats.outbox_pending)
+        self.metrics.dead_letters_pending.set(stats.dead_letters)
 
 
 def describe_database(database_url: str) -> str:
