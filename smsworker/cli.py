@@ -647,8 +647,7 @@ def _print_replay_plan(url: str, since: datetime, until: datetime, window: str) 
             f"from {mask_phone_number(message.from_number)}  {candidate.command}: "
             f"{candidate.action}"
         )
-        kind = candidate.action.split(",")[0]
-        counts[kind] = counts.get(kind, 0) + 1
+        counts[candidate.kind] = counts.get(candidate.kind, 0) + 1
     done = ", ".join(f"{count} to {kind}" for kind, count in counts.items()) or "nothing to do"
     click.echo(f"Dry run, {window}: {done}. Nothing was changed.")
 

@@ -26,12 +26,22 @@ class Candidate:
     outcome: str | None
 
     @property
-    def action(self) -> str:
+    def kind(self) -> str:
+        """Return what a replay does with the message: handle, retry or skip."""
         if self.outcome is None:
             return "handle"
         if self.outcome == DEAD_LETTER_OUTCOME:
+            return "retry"
+        return "skip"
+
+    @property
+    def action(self) -> str:
+        """Describe what a replay does with the message, for --dry-run."""
+        if self.kind == "retry":
             return "retry dead letter"
-        return f"skip, handled before ({self.outcome})"
+        if self.kind == "skip":
+            return f"skip, handled before ({self.outcome})"
+        return self.kind
 
     @property
     def command(self) -> str:
