@@ -717,7 +717,7 @@ def webhook_command(
     """Receive Twilio's inbound-message webhook and store each message at once.
 
     Requests without a valid X-Twilio-Signature get 403. A message Twilio
-    sends twice is stored once. GET /healthz answers 200 while the database
+    sends twice is stored once. GET /healthz returns 200 while the database
     is reachable. Stops on SIGTERM or Ctrl-C.
     """
     if not public_url.startswith(("http://", "https://")):

@@ -70,7 +70,7 @@ def retry_dead_letters(
 
 
 class RetryResult(enum.Enum):
-    """How handling one dead letter again ended."""
+    """The outcome of handling one dead letter again."""
 
     HANDLED = "handled"
     FAILED_AGAIN = "failed again"

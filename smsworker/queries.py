@@ -202,7 +202,7 @@ COUNT_FAILED_REPLIES = """
 SELECT count(*) FROM smsworker.outbox WHERE status = 'failed'
 """
 
-# The connection that holds the active role (see TRY_ACTIVE_ROLE), if any.
+# The connection that has the active role's lock (see TRY_ACTIVE_ROLE), if any.
 # pg_locks shows the two int4 keys as unsigned oids.
 ACTIVE_WORKER = """
 SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start

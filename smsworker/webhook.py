@@ -116,9 +116,9 @@ class WebhookHandler(BaseHTTPRequestHandler):
         try:
             inserted = self._store(fields)
         except SmsWorkerError as error:
-            # NOTE: whether Twilio tries again depends on the number's fallback
-            # URL and connection overrides; otherwise the message is only in
-            # Twilio's message log until a poll of the Messages API exists.
+            # NOTE: whether Twilio sends the request again depends on the
+            # number's fallback URL and connection overrides. Without them, the
+            # message stays only in Twilio's message log.
             logger.error("Could not store message %s: %s", fields["MessageSid"], error)
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b"try again\n", "text/plain")
             return
