@@ -45,6 +45,8 @@ class WebhookServer(ThreadingHTTPServer):
         self.public_url = public_url
         self.path = urlsplit(public_url).path or "/"
         self._local = threading.local()
+        self._connections: list[db.Connection] = []
+        self._connections_lock = threading.Lock()
 
     def connection(self) -> db.Connection:
         """Return this thread's database connection, opening it when needed."""
@@ -54,7 +56,18 @@ class WebhookServer(ThreadingHTTPServer):
                 self.database_url, autocommit=True, application_name="smsworker-webhook"
             )
             self._local.conn = conn
+            with self._connections_lock:
+                self._connections = [c for c in self._connections if not c.closed]
+                self._connections.append(conn)
         return conn
+
+    def server_close(self) -> None:
+        """Stop listening and close the request threads' database connections."""
+        super().server_close()
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
 
 
 class WebhookHandler(BaseHTTPRequestHandler):
