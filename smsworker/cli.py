@@ -19,11 +19,11 @@ import click
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from smsworker import __version__, db, deadletters, replay, status, webhook
+from smsworker import __version__, db, deadletters, replay, status, sync, webhook
 from smsworker.embedded import embedded_database_url
 from smsworker.errors import SmsWorkerError
 from smsworker.logs import configure_logging, mask_phone_number, mask_phone_numbers
-from smsworker.metrics import Metrics
+from smsworker.metrics import Metrics, SyncMetrics
 from smsworker.sender import ConsoleSender, Sender, TwilioSender
 from smsworker.settings import (
     BATCH_SIZE,
@@ -40,7 +40,7 @@ from smsworker.settings import (
     Settings,
     TwilioSettings,
 )
-from smsworker.worker import Worker
+from smsworker.worker import SHUTDOWN_GRACE_S, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ class FiniteFloatRange(click.FloatRange):
 if TYPE_CHECKING:
     # click 8.5 made ParamType generic; older releases cannot subscript it.
     _TimeParamBase = click.ParamType[datetime]
+    _DurationParamBase = click.ParamType[float]
 else:
-    _TimeParamBase = click.ParamType
+    _TimeParamBase = _DurationParamBase = click.ParamType
 
 
 class TimeParam(_TimeParamBase):
@@ -105,6 +106,26 @@ class TimeParam(_TimeParamBase):
         if moment.tzinfo is not None:
             moment = moment.astimezone(UTC).replace(tzinfo=None)
         return moment
+
+
+class DurationParam(_DurationParamBase):
+    """A length of time: seconds (600) or a number with a unit (30s, 10m, 2h, 7d, 1w)."""
+
+    name = "duration"
+    _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        match = self._DURATION.fullmatch(str(value).strip())
+        if match is None:
+            self.fail(
+                f"{value!r} is not a duration. Examples: 600 (seconds), 10m, 2h, 7d.", param, ctx
+            )
+        seconds = float(match.group(1)) * DURATION_UNITS_S[match.group(2) or "s"]
+        if seconds > 10 * 366 * 86400:
+            self.fail(f"{value!r} is longer than 10 years.", param, ctx)
+        return seconds
 
 
 # The password of a postgresql:// URL, and of a key=value connection string.
@@ -195,46 +216,152 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     click.echo(f"Schema is up to date ({len(applied)} files applied).")
 
 
+def twilio_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the Twilio account SID, auth token and API base URL options."""
+    for option in reversed(
+        [
+            click.option(
+                "--twilio-account-sid",
+                envvar="TWILIO_ACCOUNT_SID",
+                show_envvar=True,
+                help="Twilio account SID.",
+            ),
+            click.option(
+                "--twilio-auth-token",
+                envvar="TWILIO_AUTH_TOKEN",
+                show_envvar=True,
+                help="Twilio auth token.",
+            ),
+            click.option(
+                "--twilio-api-base-url",
+                envvar="TWILIO_API_BASE_URL",
+                show_envvar=True,
+                default=DEFAULT_TWILIO_API_BASE_URL,
+                show_default=True,
+                help="Base URL of Twilio's REST API.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def twilio_settings(
+    account_sid: str | None, auth_token: str | None, api_base_url: str
+) -> TwilioSettings | None:
+    """Build the Twilio settings; None when neither credential is set."""
+    if bool(account_sid) != bool(auth_token):
+        raise click.UsageError(
+            "set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither to print "
+            "replies to the console"
+        )
+    if not api_base_url.startswith(("http://", "https://")):
+        raise click.BadParameter(
+            f"{api_base_url!r} is not an http:// or https:// URL",
+            param_hint="--twilio-api-base-url",
+        )
+    if account_sid and auth_token:
+        return TwilioSettings(account_sid, auth_token, api_base_url)
+    return None
+
+
+def metrics_options(default_port: int, port_envvar: str) -> Callable[..., Any]:
+    """Add --metrics-port (0 disables the endpoint) and --metrics-address."""
+
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option(
+            "--metrics-address",
+            envvar="SMSWORKER_METRICS_ADDRESS",
+            show_envvar=True,
+            default="0.0.0.0",
+            show_default=True,
+            help="Address the metrics endpoint listens on.",
+        )(command)
+        return click.option(
+            "--metrics-port",
+            envvar=port_envvar,
+            show_envvar=True,
+            type=click.IntRange(0, 65535),
+            default=default_port,
+            show_default=True,
+            help="TCP port of the Prometheus metrics endpoint; 0 disables it.",
+        )(command)
+
+    return add
+
+
+def serve_metrics(metrics: Metrics | SyncMetrics, port: int, address: str) -> None:
+    """Serve `metrics` unless the port is 0; a port in use is a clear error."""
+    if not port:
+        return
+    try:
+        metrics.serve(port, address)
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot serve metrics on {address}:{port}: "
+            f"{error.strerror}. Check --metrics-address, choose another "
+            "--metrics-port, or set it to 0 to disable the endpoint."
+        ) from error
+
+
+def sync_options(prefix: str) -> Callable[..., Any]:
+    """Add the sync's interval, overlap, backfill and page size, named with `prefix`."""
+
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        options = [
+            click.option(
+                f"--{prefix}interval",
+                "sync_interval",
+                envvar="SMSWORKER_SYNC_INTERVAL",
+                show_envvar=True,
+                type=FiniteFloatRange(min=0.5, max=3600),
+                default=sync.SYNC_INTERVAL_S,
+                show_default=True,
+                help="Seconds between polls of Twilio's message list.",
+            ),
+            click.option(
+                f"--{prefix}overlap",
+                "sync_overlap",
+                envvar="SMSWORKER_SYNC_OVERLAP",
+                show_envvar=True,
+                type=DurationParam(),
+                default="10m",
+                show_default=True,
+                help="How far before the newest message of the last poll each poll "
+                "lists again, to see late status, error and price changes (600, 10m, 1h).",
+            ),
+            click.option(
+                f"--{prefix}backfill",
+                "sync_backfill",
+                envvar="SMSWORKER_SYNC_BACKFILL",
+                show_envvar=True,
+                type=DurationParam(),
+                help="Load the messages of this period once (7d). The worker does not act "
+                "on messages older than the sync's first poll.",
+            ),
+            click.option(
+                f"--{prefix}page-size",
+                "sync_page_size",
+                envvar="SMSWORKER_SYNC_PAGE_SIZE",
+                show_envvar=True,
+                type=click.IntRange(min=1, max=1000),
+                default=sync.SYNC_PAGE_SIZE,
+                show_default=True,
+                help="Messages per page of Twilio's list.",
+            ),
+        ]
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return add
+
+
 @main.command()
 @database_url_option
 @data_dir_option
-@click.option(
-    "--twilio-account-sid",
-    envvar="TWILIO_ACCOUNT_SID",
-    show_envvar=True,
-    help="Twilio account SID.",
-)
-@click.option(
-    "--twilio-auth-token",
-    envvar="TWILIO_AUTH_TOKEN",
-    show_envvar=True,
-    help="Twilio auth token.",
-)
-@click.option(
-    "--twilio-api-base-url",
-    envvar="TWILIO_API_BASE_URL",
-    show_envvar=True,
-    default=DEFAULT_TWILIO_API_BASE_URL,
-    show_default=True,
-    help="Base URL of Twilio's REST API.",
-)
-@click.option(
-    "--metrics-port",
-    envvar="SMSWORKER_METRICS_PORT",
-    show_envvar=True,
-    type=click.IntRange(0, 65535),
-    default=DEFAULT_METRICS_PORT,
-    show_default=True,
-    help="TCP port of the Prometheus metrics endpoint; 0 disables it.",
-)
-@click.option(
-    "--metrics-address",
-    envvar="SMSWORKER_METRICS_ADDRESS",
-    show_envvar=True,
-    default="0.0.0.0",
-    show_default=True,
-    help="Address the metrics endpoint listens on.",
-)
+@twilio_options
+@metrics_options(DEFAULT_METRICS_PORT, "SMSWORKER_METRICS_PORT")
 @click.option(
     "--poll-interval",
     envvar="SMSWORKER_POLL_INTERVAL",
@@ -299,6 +426,15 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     show_default=True,
     help="Replies sent to Twilio at the same time.",
 )
+@click.option(
+    "--sync",
+    "with_sync",
+    envvar="SMSWORKER_SYNC",
+    show_envvar=True,
+    is_flag=True,
+    help="Also poll Twilio's message list into twilio.message, as `smsworker sync` does.",
+)
+@sync_options("sync-")
 def run(
     database_url: str | None,
     data_dir: Path,
@@ -314,21 +450,21 @@ def run(
     handler_max_attempts: int,
     database_retry_limit: float,
     send_concurrency: int,
+    with_sync: bool,
+    sync_interval: float,
+    sync_overlap: float,
+    sync_backfill: float | None,
+    sync_page_size: int,
 ) -> None:
-    """Handle inbound messages until stopped with SIGTERM or Ctrl-C."""
-    if bool(twilio_account_sid) != bool(twilio_auth_token):
+    """Handle inbound messages until stopped with SIGTERM or Ctrl-C.
+
+    With --sync, the same process also polls Twilio's message list.
+    """
+    twilio = twilio_settings(twilio_account_sid, twilio_auth_token, twilio_api_base_url)
+    if with_sync and twilio is None:
         raise click.UsageError(
-            "set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither to print "
-            "replies to the console"
+            "--sync reads Twilio's message list: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
         )
-    if not twilio_api_base_url.startswith(("http://", "https://")):
-        raise click.BadParameter(
-            f"{twilio_api_base_url!r} is not an http:// or https:// URL",
-            param_hint="--twilio-api-base-url",
-        )
-    twilio = None
-    if twilio_account_sid and twilio_auth_token:
-        twilio = TwilioSettings(twilio_account_sid, twilio_auth_token, twilio_api_base_url)
 
     # Signals are handled from here on, so one that arrives while the embedded
     # database starts still means a clean stop and exit 0.
@@ -336,19 +472,24 @@ def run(
     _stop_on_signals(stop_event.set)
 
     metrics = Metrics()
-    if metrics_port:
-        try:
-            metrics.serve(metrics_port, metrics_address)
-        except OSError as error:
-            raise click.ClickException(
-                f"cannot serve metrics on {metrics_address}:{metrics_port}: "
-                f"{error.strerror}. Check --metrics-address, choose another "
-                "--metrics-port, or set it to 0 to disable the endpoint."
-            ) from error
+    serve_metrics(metrics, metrics_port, metrics_address)
 
+    syncer_thread: threading.Thread | None = None
     try:
+        url = resolve_database_url(database_url, data_dir)
+        if with_sync and twilio is not None:
+            syncer = sync.Syncer(
+                sync.SyncSettings(
+                    url, twilio, sync_interval, sync_overlap, sync_backfill, sync_page_size
+                ),
+                metrics=SyncMetrics(metrics.registry),
+                stop_event=stop_event,
+            )
+            syncer_thread = threading.Thread(
+                target=_run_syncer, args=(syncer,), name="smsworker-sync", daemon=True
+            )
         settings = Settings(
-            database_url=resolve_database_url(database_url, data_dir),
+            database_url=url,
             twilio=twilio,
             metrics_port=metrics_port,
             poll_interval_s=poll_interval,
@@ -366,9 +507,23 @@ def run(
             stop_event=stop_event,
         )
         _stop_on_signals(worker.stop)
+        if syncer_thread is not None:
+            syncer_thread.start()
         worker.run()
     except SmsWorkerError as error:
         raise click.ClickException(str(error)) from error
+    finally:
+        stop_event.set()
+        if syncer_thread is not None and syncer_thread.is_alive():
+            syncer_thread.join(SHUTDOWN_GRACE_S)
+
+
+def _run_syncer(syncer: sync.Syncer) -> None:
+    """Run the sync inside `smsworker run`; a failure stops the sync, not the worker."""
+    try:
+        syncer.run()
+    except SmsWorkerError as error:
+        logger.error("The sync stopped: %s", error)
 
 
 def _sender_factory(twilio: TwilioSettings | None) -> Callable[[], Sender]:
@@ -746,3 +901,52 @@ def webhook_command(
     with server:
         server.serve_forever()
     logger.info("smsworker webhook stopped.")
+
+
+@main.command("sync")
+@database_url_option
+@data_dir_option
+@twilio_options
+@metrics_options(sync.DEFAULT_SYNC_METRICS_PORT, "SMSWORKER_SYNC_METRICS_PORT")
+@sync_options("")
+def sync_command(
+    database_url: str | None,
+    data_dir: Path,
+    twilio_account_sid: str | None,
+    twilio_auth_token: str | None,
+    twilio_api_base_url: str,
+    metrics_port: int,
+    metrics_address: str,
+    sync_interval: float,
+    sync_overlap: float,
+    sync_backfill: float | None,
+    sync_page_size: int,
+) -> None:
+    """Poll Twilio's message list into twilio.message until stopped.
+
+    New messages are inserted, which wakes `smsworker run`; changed ones are
+    updated, and ones deleted at Twilio become tombstones. One process per
+    Twilio account syncs at a time; others wait as standbys. Stops on
+    SIGTERM or Ctrl-C.
+    """
+    twilio = twilio_settings(twilio_account_sid, twilio_auth_token, twilio_api_base_url)
+    if twilio is None:
+        raise click.UsageError("set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+    stop_event = threading.Event()
+    _stop_on_signals(stop_event.set)
+    metrics = SyncMetrics()
+    serve_metrics(metrics, metrics_port, metrics_address)
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        with db.connect(url, autocommit=True) as conn, db.database_errors():
+            sync.check_schema(conn)
+        syncer = sync.Syncer(
+            sync.SyncSettings(
+                url, twilio, sync_interval, sync_overlap, sync_backfill, sync_page_size
+            ),
+            metrics=metrics,
+            stop_event=stop_event,
+        )
+        syncer.run()
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error

@@ -126,3 +126,47 @@ class Metrics:
     def serve(self, port: int, address: str) -> tuple[WSGIServer, threading.Thread]:
         """Serve the metrics over HTTP in a background thread."""
         return start_http_server(port, addr=address, registry=self.registry)
+
+
+class SyncMetrics:
+    """The metrics of `smsworker sync`, in their own registry or the worker's."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.last_success = Gauge(
+            "smsworker_sync_last_success_timestamp_seconds",
+            "Unix time of the end of the last sync poll that listed its whole window.",
+            registry=self.registry,
+        )
+        self.fetched = Counter(
+            "smsworker_sync_messages_fetched_total",
+            "Messages read from Twilio's message list.",
+            registry=self.registry,
+        )
+        self.written = Counter(
+            "smsworker_sync_messages_written_total",
+            "Changes the sync made to twilio.message, by change (inserted, updated, deleted).",
+            ["change"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "smsworker_sync_errors_total",
+            "Sync failures by kind: twilio_retried (a page request retried), twilio and"
+            " database (a poll failed), unexpected.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.poll_duration = Histogram(
+            "smsworker_sync_poll_duration_seconds",
+            "Time one sync poll took, every page of its run included.",
+            registry=self.registry,
+        )
+        self.active = Gauge(
+            "smsworker_sync_active",
+            "1 while this process syncs its account, 0 while another process does.",
+            registry=self.registry,
+        )
+
+    def serve(self, port: int, address: str) -> tuple[WSGIServer, threading.Thread]:
+        """Serve the metrics over HTTP in a background thread."""
+        return start_http_server(port, addr=address, registry=self.registry)

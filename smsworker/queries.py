@@ -366,3 +366,153 @@ INSERT INTO twilio.message (
 )
 ON CONFLICT (id) DO NOTHING
 """
+
+# --- smsworker sync ---------------------------------------------------------
+
+# The sync's state for one account, created on its first start. Messages
+# created before history_before are history (see 007_sync.sql).
+ENSURE_SYNC_STATE = """
+INSERT INTO smsworker.sync_state (account_sid, history_before)
+VALUES (%(account)s, %(history_before)s)
+ON CONFLICT (account_sid) DO NOTHING
+"""
+
+LOAD_SYNC_STATE = """
+SELECT synced_from, synced_until, history_before, run_window_start, run_head, run_next_page,
+    run_started_at
+FROM smsworker.sync_state
+WHERE account_sid = %(account)s
+"""
+
+START_SYNC_RUN = """
+UPDATE smsworker.sync_state
+SET run_window_start = %(window_start)s, run_head = NULL, run_next_page = NULL,
+    run_started_at = now(), updated_at = now()
+WHERE account_sid = %(account)s
+"""
+
+FORGET_SYNC_SEEN = """
+DELETE FROM smsworker.sync_seen WHERE account_sid = %(account)s
+"""
+
+# Insert the listed messages that are new and update those that changed,
+# in one statement. A stored row keeps its date_created: the worker orders
+# by it, and a row from the webhook may have been handled already. A
+# tombstone stays a tombstone. Returns one row per message written.
+UPSERT_MESSAGES = """
+INSERT INTO twilio.message AS m (
+    id, account_id, api_version, body, date_created, date_sent, date_updated,
+    deleted, direction, error_code, error_message, "from", messaging_service_id,
+    num_media, num_segments, price, price_unit, status, "to", uri
+)
+SELECT
+    r.id, r.account_id, r.api_version, r.body, r.date_created, r.date_sent,
+    r.date_updated, false, r.direction, r.error_code, r.error_message, r."from",
+    r.messaging_service_id, r.num_media, r.num_segments, r.price, r.price_unit,
+    r.status, r."to", r.uri
+FROM jsonb_to_recordset(%(rows)s) AS r (
+    id text, account_id text, api_version text, body text,
+    date_created timestamp, date_sent timestamp, date_updated timestamp,
+    direction text, error_code integer, error_message text, "from" text,
+    messaging_service_id text, num_media integer, num_segments integer,
+    price numeric, price_unit text, status text, "to" text, uri text
+)
+ON CONFLICT (id) DO UPDATE SET
+    account_id = excluded.account_id,
+    api_version = excluded.api_version,
+    body = excluded.body,
+    date_created = coalesce(m.date_created, excluded.date_created),
+    date_sent = excluded.date_sent,
+    date_updated = excluded.date_updated,
+    direction = excluded.direction,
+    error_code = excluded.error_code,
+    error_message = excluded.error_message,
+    "from" = excluded."from",
+    messaging_service_id = excluded.messaging_service_id,
+    num_media = excluded.num_media,
+    num_segments = excluded.num_segments,
+    price = excluded.price,
+    price_unit = excluded.price_unit,
+    status = excluded.status,
+    "to" = excluded."to",
+    uri = excluded.uri
+WHERE m.deleted IS NOT TRUE
+  AND (
+      m.account_id, m.body, m.date_sent, m.direction, m.error_code, m.error_message,
+      m."from", m.messaging_service_id, m.num_media, m.num_segments, m.price,
+      m.price_unit, m.status, m."to"
+  ) IS DISTINCT FROM (
+      excluded.account_id, excluded.body, excluded.date_sent, excluded.direction,
+      excluded.error_code, excluded.error_message, excluded."from",
+      excluded.messaging_service_id, excluded.num_media, excluded.num_segments,
+      excluded.price, excluded.price_unit, excluded.status, excluded."to"
+  )
+RETURNING m.id, m.direction, m.date_created, (m.xmax = 0) AS inserted
+"""
+
+# Record inbound messages created before the sync's history_before as
+# handled history, in the transaction that inserts them: the worker skips
+# them.
+RECORD_SYNC_HISTORY = """
+INSERT INTO smsworker.handled_message (message_id, date_created, command, outcome)
+SELECT i.id, i.date_created, 'history', 'history'
+FROM unnest(%(message_ids)s::text[], %(dates)s::timestamp[]) AS i (id, date_created)
+ON CONFLICT (message_id) DO NOTHING
+"""
+
+RECORD_SYNC_SEEN = """
+INSERT INTO smsworker.sync_seen (account_sid, message_id)
+SELECT %(account)s, id FROM unnest(%(ids)s::text[]) AS i (id)
+ON CONFLICT DO NOTHING
+"""
+
+# After a page that is not the last: remember where the run goes on.
+ADVANCE_SYNC_RUN = """
+UPDATE smsworker.sync_state
+SET run_head = %(run_head)s, run_next_page = %(next_page)s, updated_at = now()
+WHERE account_sid = %(account)s
+"""
+
+# Give up the page a run had reached, when Twilio rejects its URL. The next
+# poll starts a new run and lists its window from the newest message again.
+ABANDON_SYNC_RUN = """
+UPDATE smsworker.sync_state
+SET run_window_start = NULL, run_head = NULL, run_next_page = NULL, updated_at = now()
+WHERE account_sid = %(account)s
+"""
+
+# At the end of a run: a stored message of the run's window that the run did
+# not list was deleted at Twilio, and becomes a tombstone (only id and
+# deleted = true). Messages of the newest seconds are left for the next run,
+# which lists them again: a list read just after a message arrived may not
+# show it yet.
+TOMBSTONE_UNLISTED = """
+UPDATE twilio.message AS m
+SET account_id = NULL, api_version = NULL, body = NULL, date_created = NULL,
+    date_sent = NULL, date_updated = NULL, deleted = true, direction = NULL,
+    error_code = NULL, error_message = NULL, "from" = NULL,
+    messaging_service_id = NULL, num_media = NULL, num_segments = NULL, price = NULL,
+    price_unit = NULL, status = NULL, "to" = NULL, uri = NULL
+WHERE m.account_id = %(account)s
+  AND m.date_sent >= %(window_start)s
+  AND m.date_sent < %(listed_until)s
+  AND m.deleted IS NOT TRUE
+  AND NOT EXISTS (
+      SELECT 1 FROM smsworker.sync_seen AS s
+      WHERE s.account_sid = %(account)s AND s.message_id = m.id
+  )
+"""
+
+FINISH_SYNC_RUN = """
+UPDATE smsworker.sync_state
+SET synced_from = least(synced_from, run_window_start),
+    synced_until = greatest(synced_until, %(run_head)s),
+    run_window_start = NULL, run_head = NULL, run_next_page = NULL,
+    run_started_at = NULL, last_success_at = now(), updated_at = now()
+WHERE account_sid = %(account)s
+"""
+
+# One sync process per account is active; this session lock says which.
+TRY_SYNC_ROLE = """
+SELECT pg_try_advisory_lock(hashtextextended('smsworker.sync:' || %(account)s, 0))
+"""

@@ -1,7 +1,8 @@
 """Delivery of one SMS: through Twilio's REST API, or to the console.
 
-This is the only module that imports twilio; its errors leave here as
-TransientSendError (worth retrying) or PermanentSendError (not).
+Twilio's errors leave here as TransientSendError (worth retrying) or
+PermanentSendError (not). The sync module reads Twilio's message list with the
+same HTTP client.
 """
 
 import itertools
@@ -37,7 +38,7 @@ class Sender(Protocol):
     def send(self, *, to: str, from_: str, body: str) -> str: ...
 
 
-class _HeaderKeepingHttpClient(TwilioHttpClient):
+class HeaderKeepingHttpClient(TwilioHttpClient):
     """The library's HTTP client, keeping the last response's headers.
 
     TwilioRestException carries no headers, and Retry-After is in them.
@@ -61,7 +62,7 @@ class TwilioSender:
     """
 
     def __init__(self, settings: TwilioSettings) -> None:
-        self.http_client = _HeaderKeepingHttpClient(timeout=REQUEST_TIMEOUT_S)
+        self.http_client = HeaderKeepingHttpClient(timeout=REQUEST_TIMEOUT_S)
         self.client = Client(
             settings.account_sid, settings.auth_token, http_client=self.http_client
         )

@@ -14,7 +14,7 @@ import click
 import pytest
 
 from smsworker.cli import main
-from smsworker.metrics import Metrics
+from smsworker.metrics import Metrics, SyncMetrics
 from smsworker.worker import SHUTDOWN_GRACE_S
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
@@ -44,6 +44,7 @@ ALERT_NAMES = {
     "SmsworkerRepliesPending",
     "SmsworkerDown",
     "SmsworkerNotPolling",
+    "SmsworkerSyncStale",
 }
 GRID_COLUMNS = 24
 
@@ -58,9 +59,11 @@ def run_promtool(*arguments: str) -> subprocess.CompletedProcess[str]:
 
 
 def exported_metric_names() -> set[str]:
-    """Return every sample name the worker's registry can export, labelled series included."""
+    """Return every sample name the worker and the sync can export, labelled series included."""
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    registry = Metrics().registry
+    SyncMetrics(registry)
+    for family in registry.collect():
         # A metric with labels has no samples until a label set is used, so
         # the family name and its type give the names too.
         names.update(family.name + suffix for suffix in SAMPLE_SUFFIXES[family.type])
@@ -148,7 +151,7 @@ def test_deploy_file_uses_exported_metrics(path: Path) -> None:
     assert used, f"{path.name} names no smsworker metric"
 
     missing = used - exported_metric_names()
-    assert not missing, f"{path.name} uses metrics that Metrics() does not export: {missing}"
+    assert not missing, f"{path.name} uses metrics that smsworker does not export: {missing}"
 
 
 @pytest.mark.parametrize("path", [ALERTS, DEPLOY_README, ENV_EXAMPLE], ids=lambda path: path.name)
