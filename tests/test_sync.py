@@ -562,3 +562,24 @@ def test_run_sync_without_credentials_exits_2(database_url: str, tmp_path: Path)
 
     assert result.returncode == 2
     assert "--sync" in result.stderr
+
+
+def test_sync_survives_database_outage(
+    restartable_server: Any, fake_twilio: FakeTwilio, start_cli: Callable[..., CliProcess]
+) -> None:
+    url = restartable_server.url
+    env = cli_env(url, fake_twilio)
+    process = start_cli("sync", "--metrics-port", "0", "--interval", "0.5", env=env)
+    before = fake_twilio.add_inbound(ALICE, BOT_NUMBER, "before", date_sent=twilio_now())
+    with psycopg.connect(url, autocommit=True) as conn:
+        wait_until(lambda: stored(conn, before["sid"]) is not None, message="the first message")
+
+    restartable_server.stop()
+    during = fake_twilio.add_inbound(BOB, BOT_NUMBER, "during", date_sent=twilio_now())
+    process.wait_for_output("stderr", "Sync poll failed")
+    restartable_server.start()
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        wait_until(lambda: stored(conn, during["sid"]) is not None, message="the missed message")
+        assert count_rows(conn) == 2
+    assert process.popen.poll() is None
