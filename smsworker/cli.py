@@ -1,5 +1,6 @@
 """The `smsworker` command line. It parses options, builds settings and hands off."""
 
+import functools
 import json
 import logging
 import math
@@ -19,7 +20,18 @@ import click
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from smsworker import __version__, db, deadletters, replay, status, sync, webhook
+from smsworker import (
+    __version__,
+    bot,
+    db,
+    deadletters,
+    groups,
+    phones,
+    replay,
+    status,
+    sync,
+    webhook,
+)
 from smsworker.embedded import embedded_database_url
 from smsworker.errors import SmsWorkerError
 from smsworker.logs import configure_logging, mask_phone_number, mask_phone_numbers
@@ -174,6 +186,45 @@ def resolve_database_url(database_url: str | None, data_dir: Path) -> str:
     return embedded_database_url(data_dir)
 
 
+def _check_region(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    region = value.strip().upper()
+    if not phones.is_region(region):
+        raise click.BadParameter(
+            f"{value!r} is not a region code; use two letters such as US, GB or DE"
+        )
+    return region
+
+
+open_option = click.option(
+    "--open",
+    "open_list",
+    envvar="SMSWORKER_OPEN",
+    show_envvar=True,
+    is_flag=True,
+    help="Keep one list shared by everyone who texts our numbers, instead of private "
+    "lists per group.",
+)
+region_option = click.option(
+    "--default-region",
+    envvar="SMSWORKER_DEFAULT_REGION",
+    show_envvar=True,
+    default=phones.DEFAULT_REGION,
+    show_default=True,
+    callback=_check_region,
+    help="Region of phone numbers typed without a country code, as two letters.",
+)
+
+
+def mode_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --open and --default-region, passed to the command as one `mode`."""
+
+    @functools.wraps(command)
+    def with_mode(*args: Any, open_list: bool, default_region: str, **kwargs: Any) -> Any:
+        return command(*args, mode=bot.Mode(open_list, default_region), **kwargs)
+
+    return open_option(region_option(with_mode))
+
+
 @click.group()
 @click.version_option(__version__, prog_name="smsworker")
 @click.option(
@@ -202,15 +253,18 @@ def main(log_level: str, log_format: str) -> None:
 @main.command()
 @database_url_option
 @data_dir_option
-def migrate(database_url: str | None, data_dir: Path) -> None:
+@open_option
+def migrate(database_url: str | None, data_dir: Path, open_list: bool) -> None:
     """Create or update smsworker's tables and attach its trigger.
 
     Safe to run any number of times. Creates twilio.message when no syncer
-    has created it yet.
+    has created it yet. The first migration without --open moves the items
+    of the shared list into one group per number of ours, whose members are
+    the items' senders, and says so.
     """
     try:
         url = resolve_database_url(database_url, data_dir)
-        applied = db.migrate(url)
+        applied = db.migrate(url, open_list=open_list, on_notice=click.echo)
     except SmsWorkerError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"Schema is up to date ({len(applied)} files applied).")
@@ -435,6 +489,7 @@ def sync_options(prefix: str) -> Callable[..., Any]:
     help="Also poll Twilio's message list into twilio.message, as `smsworker sync` does.",
 )
 @sync_options("sync-")
+@mode_options
 def run(
     database_url: str | None,
     data_dir: Path,
@@ -455,6 +510,7 @@ def run(
     sync_overlap: float,
     sync_backfill: float | None,
     sync_page_size: int,
+    mode: bot.Mode,
 ) -> None:
     """Handle inbound messages until stopped with SIGTERM or Ctrl-C.
 
@@ -499,6 +555,8 @@ def run(
             handler_max_attempts=handler_max_attempts,
             database_retry_limit_s=database_retry_limit,
             send_concurrency=send_concurrency,
+            open_list=mode.open_list,
+            default_region=mode.region,
         )
         worker = Worker(
             settings,
@@ -654,12 +712,14 @@ def dead_letters_list(database_url: str | None, data_dir: Path, include_retried:
     help="Attempts per message before it goes back to the dead letters.",
 )
 @click.argument("message_ids", nargs=-1)
+@mode_options
 def dead_letters_retry(
     database_url: str | None,
     data_dir: Path,
     retry_all: bool,
     handler_max_attempts: int,
     message_ids: tuple[str, ...],
+    mode: bot.Mode,
 ) -> None:
     """Handle dead-lettered messages again: MESSAGE_IDS, or --all.
 
@@ -674,7 +734,11 @@ def dead_letters_retry(
             letter.message_id for letter in deadletters.list_dead_letters(url)
         ]
         summary = deadletters.retry_dead_letters(
-            url, ids, cursor_name=DEFAULT_CURSOR_NAME, max_attempts=handler_max_attempts
+            url,
+            ids,
+            cursor_name=DEFAULT_CURSOR_NAME,
+            max_attempts=handler_max_attempts,
+            mode=mode,
         )
     except SmsWorkerError as error:
         raise click.ClickException(str(error)) from error
@@ -749,6 +813,7 @@ def status_command(
     show_default=True,
     help="Attempts per message before it goes to the dead letters.",
 )
+@mode_options
 def replay_command(
     database_url: str | None,
     data_dir: Path,
@@ -756,6 +821,7 @@ def replay_command(
     until: datetime | None,
     dry_run: bool,
     handler_max_attempts: int,
+    mode: bot.Mode,
 ) -> None:
     """Handle the inbound messages of a time window again, in order.
 
@@ -781,7 +847,7 @@ def replay_command(
             _print_replay_plan(url, since, until, window)
             return
         total = replay.count_messages(url, DEFAULT_CURSOR_NAME, since, until)
-        summary = _replay_with_progress(url, since, until, total, handler_max_attempts)
+        summary = _replay_with_progress(url, since, until, total, handler_max_attempts, mode)
     except SmsWorkerError as error:
         raise click.ClickException(str(error)) from error
     click.echo(
@@ -808,7 +874,7 @@ def _print_replay_plan(url: str, since: datetime, until: datetime, window: str) 
 
 
 def _replay_with_progress(
-    url: str, since: datetime, until: datetime, total: int, max_attempts: int
+    url: str, since: datetime, until: datetime, total: int, max_attempts: int, mode: bot.Mode
 ) -> replay.ReplaySummary:
     def run(on_progress: Callable[[int], None]) -> replay.ReplaySummary:
         return replay.replay(
@@ -817,6 +883,7 @@ def _replay_with_progress(
             since=since,
             until=until,
             max_attempts=max_attempts,
+            mode=mode,
             on_progress=on_progress,
         )
 
@@ -950,3 +1017,172 @@ def sync_command(
         syncer.run()
     except SmsWorkerError as error:
         raise click.ClickException(str(error)) from error
+
+
+def _phone_number(value: str, region: str, param_hint: str) -> str:
+    number = phones.normalize(value, region)
+    if number is None:
+        raise click.BadParameter(
+            f"{value!r} is not a valid phone number; write it with its country code, "
+            "like +12135550101",
+            param_hint=param_hint,
+        )
+    return number
+
+
+@main.group("groups")
+def groups_command() -> None:
+    """Create and list the groups that own private lists."""
+
+
+@groups_command.command("create")
+@database_url_option
+@data_dir_option
+@region_option
+@click.option(
+    "--number",
+    "our_number",
+    required=True,
+    help="Our Twilio number that reaches the group's list.",
+)
+@click.option(
+    "--member",
+    "member_numbers",
+    multiple=True,
+    required=True,
+    help="A member's phone number; repeat for more members.",
+)
+@click.argument("name")
+def groups_create(
+    database_url: str | None,
+    data_dir: Path,
+    default_region: str,
+    our_number: str,
+    member_numbers: tuple[str, ...],
+    name: str,
+) -> None:
+    """Create group NAME, reached through --number, with its first members."""
+    if not name.strip():
+        raise click.BadParameter("the name is empty", param_hint="NAME")
+    ours = _phone_number(our_number, default_region, "--number")
+    numbers = list(
+        dict.fromkeys(_phone_number(n, default_region, "--member") for n in member_numbers)
+    )
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        with db.connect(url, autocommit=True) as conn, db.database_errors():
+            db.check_schema(conn, DEFAULT_CURSOR_NAME)
+            group = groups.create_group(conn, name.strip(), ours, numbers)
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(
+        f"Created group {group.name!r} (id {group.id}) at {group.our_number} "
+        f"with {len(numbers)} member{'s' if len(numbers) != 1 else ''}."
+    )
+
+
+@groups_command.command("list")
+@database_url_option
+@data_dir_option
+def groups_list(database_url: str | None, data_dir: Path) -> None:
+    """List the groups with their numbers, members and items."""
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        with db.connect(url, autocommit=True) as conn, db.database_errors():
+            db.check_schema(conn, DEFAULT_CURSOR_NAME)
+            summaries = groups.list_groups(conn)
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+    if not summaries:
+        click.echo("No groups yet: smsworker groups create NAME --number OURS --member NUMBER")
+        return
+    for summary in summaries:
+        group = summary.group
+        click.echo(
+            f"{group.id:>4}  {group.name}  at {group.our_number}  "
+            f"{summary.member_count} members, {summary.item_count} items"
+        )
+
+
+@main.group("members")
+def members_command() -> None:
+    """Add, remove and list the members of a group (by name or id)."""
+
+
+def _change_members(
+    database_url: str | None,
+    data_dir: Path,
+    group_text: str,
+    change: Callable[[db.Connection, groups.Group], str],
+) -> str:
+    """Run `change` on the group in one transaction and return what it reports."""
+    try:
+        url = resolve_database_url(database_url, data_dir)
+        with db.connect(url, autocommit=True) as conn, db.database_errors():
+            db.check_schema(conn, DEFAULT_CURSOR_NAME)
+            with conn.transaction():
+                group = groups.find_group(conn, group_text)
+                return change(conn, group)
+    except SmsWorkerError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@members_command.command("add")
+@database_url_option
+@data_dir_option
+@region_option
+@click.argument("group")
+@click.argument("number")
+def members_add(
+    database_url: str | None, data_dir: Path, default_region: str, group: str, number: str
+) -> None:
+    """Add NUMBER to GROUP. No welcome text is sent."""
+    phone = _phone_number(number, default_region, "NUMBER")
+
+    def add(conn: db.Connection, found: groups.Group) -> str:
+        outcome = groups.add_member(conn, found, phone, invited_by=None)
+        if outcome == "in another group":
+            raise groups.GroupError(
+                f"{phone} is a member of another group at {found.our_number}; "
+                "remove them there first"
+            )
+        if outcome == "member already":
+            return f"{phone} is a member of {found.name!r} already."
+        return f"Added {phone} to {found.name!r}."
+
+    click.echo(_change_members(database_url, data_dir, group, add))
+
+
+@members_command.command("remove")
+@database_url_option
+@data_dir_option
+@region_option
+@click.argument("group")
+@click.argument("number")
+def members_remove(
+    database_url: str | None, data_dir: Path, default_region: str, group: str, number: str
+) -> None:
+    """Remove NUMBER from GROUP. The group and its list stay, even without members."""
+    phone = _phone_number(number, default_region, "NUMBER")
+
+    def remove(conn: db.Connection, found: groups.Group) -> str:
+        if not groups.remove_member(conn, found, phone):
+            raise groups.GroupError(f"{phone} is not a member of {found.name!r}")
+        return f"Removed {phone} from {found.name!r}."
+
+    click.echo(_change_members(database_url, data_dir, group, remove))
+
+
+@members_command.command("list")
+@database_url_option
+@data_dir_option
+@click.argument("group")
+def members_list(database_url: str | None, data_dir: Path, group: str) -> None:
+    """List the members of GROUP, oldest first."""
+
+    def read(conn: db.Connection, found: groups.Group) -> str:
+        numbers = groups.members(conn, found)
+        header = f"{found.name!r} at {found.our_number}: {len(numbers)} members"
+        return "\n".join([header, *numbers])
+
+    click.echo(_change_members(database_url, data_dir, group, read))

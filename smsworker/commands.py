@@ -31,9 +31,14 @@ HELP_KEYWORDS = frozenset({"HELP", "INFO"})
 HELP_TEXT = (
     "Shared to-do list: text anything to add it, 1 or ls to see the list, del N to delete item N."
 )
+MEMBER_HELP_TEXT = (
+    "Your group's to-do list: text anything to add it, 1 or ls to see the list, del N to "
+    "delete item N, invite NUMBER to add a member, members to see who is in, leave to leave."
+)
 
 _NEWLINES = re.compile(r"\s*[\r\n]+\s*")
 _DELETE = re.compile(r"del(?:\s+(?P<argument>.*))?", re.IGNORECASE | re.DOTALL)
+_INVITE = re.compile(r"invite(?:\s+(?P<argument>.*))?", re.IGNORECASE | re.DOTALL)
 
 
 class Command(enum.StrEnum):
@@ -46,14 +51,20 @@ class Command(enum.StrEnum):
     OPT_OUT = "opt-out"
     OPT_IN = "opt-in"
     EMPTY = "empty"
+    # Group commands, understood only when lists are private.
+    INVITE = "invite"
+    MEMBERS = "members"
+    LEAVE = "leave"
+    LEAVE_AND_DELETE = "leave-and-delete"
 
 
 @dataclass(frozen=True)
 class ParsedMessage:
     """An inbound text read as a command.
 
-    `text` is the item to add for ADD; `position` is the item number for a
-    valid DELETE, and `error` the reply for an invalid one.
+    `text` is the item to add for ADD and the number as typed for INVITE;
+    `position` is the item number for a valid DELETE, and `error` the reply
+    for an invalid DELETE or INVITE.
     """
 
     command: Command
@@ -62,8 +73,12 @@ class ParsedMessage:
     error: str | None = None
 
 
-def parse(body: str | None) -> ParsedMessage:
-    """Read an inbound message body as a command."""
+def parse(body: str | None, *, groups: bool = False) -> ParsedMessage:
+    """Read an inbound message body as a command.
+
+    With `groups`, the group commands (invite, members, leave) are commands;
+    without, they are items like any other text.
+    """
     text = (body or "").strip()
     if not text:
         return ParsedMessage(Command.EMPTY)
@@ -83,6 +98,23 @@ def parse(body: str | None) -> ParsedMessage:
     match = _DELETE.fullmatch(text)
     if match:
         return _parse_delete(match.group("argument"))
+
+    if groups:
+        if keyword == "MEMBERS":
+            return ParsedMessage(Command.MEMBERS)
+        if keyword == "LEAVE":
+            return ParsedMessage(Command.LEAVE)
+        if " ".join(keyword.split()) == "LEAVE AND DELETE":
+            return ParsedMessage(Command.LEAVE_AND_DELETE)
+        match = _INVITE.fullmatch(text)
+        if match:
+            argument = (match.group("argument") or "").strip()
+            if not argument:
+                return ParsedMessage(
+                    Command.INVITE,
+                    error="Say whom to invite, for example: invite +12135550123",
+                )
+            return ParsedMessage(Command.INVITE, text=argument)
 
     return ParsedMessage(Command.ADD, text=text)
 

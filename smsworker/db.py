@@ -6,7 +6,7 @@ psycopg's connection errors leave here as DatabaseUnavailable.
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,16 +82,25 @@ def migration_files() -> list[Path]:
     return sorted(SQL_DIR.glob("[0-9]*.sql"))
 
 
-def migrate(database_url: str) -> list[str]:
+def migrate(
+    database_url: str, *, open_list: bool = False, on_notice: Callable[[str], None] | None = None
+) -> list[str]:
     """Apply every file under sql/ in order, in one transaction.
 
     Every file is written to be idempotent, so running this again changes
     nothing but re-attaching the trigger (which a syncer that recreated its
-    table would have lost). Returns the names of the files applied.
+    table would have lost). With `open_list`, the shared list stays as it is
+    instead of moving into groups. The notices a file raises to say what it
+    changed go to `on_notice`. Returns the names of the files applied.
     """
     applied = []
     with connect(database_url) as conn, database_errors():
+        if on_notice is not None:
+            conn.add_notice_handler(lambda notice: on_notice(str(notice.message_primary)))
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
+        conn.execute(
+            "SELECT set_config('smsworker.open_mode', %s, true)", ["on" if open_list else "off"]
+        )
         conn.execute("CREATE SCHEMA IF NOT EXISTS smsworker")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS smsworker.schema_migration ("

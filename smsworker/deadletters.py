@@ -5,7 +5,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from smsworker import db, queries, todo
+from smsworker import bot, db, queries, todo
 from smsworker.handling import DEAD_LETTER_OUTCOME, MessageHandler
 from smsworker.settings import DEFAULT_CURSOR_NAME
 
@@ -47,6 +47,7 @@ def retry_dead_letters(
     *,
     cursor_name: str,
     max_attempts: int,
+    mode: bot.Mode,
 ) -> RetrySummary:
     """Handle dead-lettered messages again, each in a transaction of its own.
 
@@ -55,7 +56,7 @@ def retry_dead_letters(
     outbox, where a running worker sends them.
     """
     summary = RetrySummary()
-    handler = MessageHandler(cursor_name=cursor_name, max_attempts=max_attempts)
+    handler = MessageHandler(cursor_name=cursor_name, max_attempts=max_attempts, mode=mode)
     with db.connect(database_url, autocommit=True) as conn, db.database_errors():
         db.check_schema(conn, cursor_name)
         for message_id in message_ids:

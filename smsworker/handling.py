@@ -26,8 +26,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from smsworker import db, queries, todo
-from smsworker.commands import ParsedMessage, parse, split_reply
+from smsworker import bot, db, queries, todo
+from smsworker.commands import ParsedMessage, split_reply
 from smsworker.errors import DatabaseUnavailable
 from smsworker.logs import mask_phone_number
 from smsworker.metrics import Metrics
@@ -61,13 +61,21 @@ class ReplyRows:
 
     def __init__(self) -> None:
         self._rows: list[tuple[str, int, str, str, str]] = []
+        # The outbox numbers every message's texts from 1, across recipients.
+        self._parts: dict[str, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self._rows)
 
-    def add(self, message: todo.InboundMessage, reply: str | None) -> int:
-        """Queue a reply to a message, split into SMS parts; return the number of parts."""
-        if reply is None:
+    def add(self, message: todo.InboundMessage, result: todo.Result) -> int:
+        """Queue a result's texts, split into SMS parts; return the number of parts.
+
+        The reply goes back to the sender and the other texts to their
+        numbers, all from the number the message was sent to.
+        """
+        texts = [(message.from_number, result.reply)] if result.reply is not None else []
+        texts.extend(result.others)
+        if not texts:
             return 0
         if not message.from_number or not message.to_number:
             logger.warning(
@@ -75,11 +83,14 @@ class ReplyRows:
                 message.id,
             )
             return 0
-        parts = split_reply(reply)
-        for number, body in enumerate(parts, 1):
-            # The reply goes back to the sender, from the number they texted.
-            self._rows.append((message.id, number, message.from_number, message.to_number, body))
-        return len(parts)
+        count = 0
+        for to_number, text in texts:
+            for body in split_reply(text):
+                part = self._parts.get(message.id, 0) + 1
+                self._parts[message.id] = part
+                self._rows.append((message.id, part, str(to_number), message.to_number, body))
+                count += 1
+        return count
 
     def params(self) -> dict[str, list[Any]]:
         columns = ("message_ids", "parts", "to_numbers", "from_numbers", "bodies")
@@ -96,12 +107,15 @@ class MessageHandler:
         max_attempts: int,
         metrics: Metrics | None = None,
         stop_event: threading.Event | None = None,
+        mode: bot.Mode | None = None,
     ) -> None:
         """Without a cursor name, handled messages never move a cursor.
 
         Operator commands pass no metrics and no stop event: theirs are
-        private to the command and never set.
+        private to the command and never set. The mode defaults to private
+        lists.
         """
+        self.mode = mode or bot.Mode()
         self.cursor_name = cursor_name
         self.max_attempts = max_attempts
         self.metrics = metrics or Metrics()
@@ -149,7 +163,7 @@ class MessageHandler:
         started = time.monotonic()
         ids = [message.id for message in messages]
         handled_before = {row[0] for row in conn.execute(queries.HANDLED_AMONG, {"ids": ids})}
-        items = todo.TodoList(conn)
+        lists = todo.Lists(conn)
         applied: list[tuple[todo.InboundMessage, str, str, int]] = []
         replies = ReplyRows()
         last: todo.InboundMessage | None = None
@@ -158,12 +172,12 @@ class MessageHandler:
             if message.id in handled_before:
                 logger.debug("Message %s was handled before; skipped.", message.id)
                 continue
-            parsed = parse(message.body)
-            result = todo.apply(items, message, parsed)
-            parts = replies.add(message, result.reply)
+            parsed = bot.parse_for(message, self.mode)
+            result = bot.handle(lists, message, parsed, self.mode)
+            parts = replies.add(message, result)
             applied.append((message, parsed.command.value, result.outcome, parts))
         with conn.pipeline():
-            items.flush()
+            lists.flush()
             if replies:
                 conn.execute(queries.QUEUE_REPLIES, replies.params())
             if applied:
@@ -240,11 +254,11 @@ class MessageHandler:
         }
         if conn.execute(queries.CLAIM_MESSAGE, params).fetchone() is None:
             return None
-        items = todo.TodoList(conn)
-        result = todo.apply(items, message, parsed)
-        items.flush()
+        lists = todo.Lists(conn)
+        result = bot.handle(lists, message, parsed, self.mode)
+        lists.flush()
         replies = ReplyRows()
-        parts = replies.add(message, result.reply)
+        parts = replies.add(message, result)
         if replies:
             conn.execute(queries.QUEUE_REPLIES, replies.params())
         conn.execute(
@@ -273,7 +287,7 @@ class MessageHandler:
         def attempt() -> tuple[todo.Result, int] | None:
             nonlocal attempts, command
             attempts += 1
-            parsed = parse(message.body)
+            parsed = bot.parse_for(message, self.mode)
             command = parsed.command.value
             with db.database_errors(), conn.transaction():
                 return self._apply(conn, message, parsed, attempts=attempts)

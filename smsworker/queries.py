@@ -253,25 +253,32 @@ WHERE c.name = %(cursor)s
 ORDER BY m.date_created, m.id
 """
 
-# A page of the list, in the order items were added: the items after the
-# given id, or from the start when it is NULL.
+# The list queries take a group id, NULL for the open list. They compare
+# coalesce(group_id, 0), which list_item_list_idx indexes, because group ids
+# start at 1.
+
+# A page of a list, in the order items were added: the items after the given
+# id, or from the start when it is NULL.
 LIST_ITEMS = """
 SELECT id, body FROM smsworker.list_item
-WHERE id > coalesce(%(after)s::bigint, -9223372036854775808)
-ORDER BY id
+WHERE coalesce(group_id, 0) = coalesce(%(group_id)s::bigint, 0)
+  AND id > coalesce(%(after)s::bigint, -9223372036854775808)
+ORDER BY coalesce(group_id, 0), id
 LIMIT %(limit)s
 """
 
 # The list size, locked until the transaction ends: the handler numbers the
 # items it adds from it, so no other writer may change the list meanwhile.
 LOCK_LIST_SIZE = """
-SELECT item_count FROM smsworker.list_size WHERE name = 'todo' FOR UPDATE
+SELECT item_count FROM smsworker.list_size
+WHERE name = smsworker.list_size_name(%(group_id)s::bigint)
+FOR UPDATE
 """
 
 # Add items in the order given: the ids that number them follow that order.
 ADD_ITEMS = """
-INSERT INTO smsworker.list_item (message_id, body)
-SELECT a.message_id, a.body
+INSERT INTO smsworker.list_item (message_id, body, group_id)
+SELECT a.message_id, a.body, %(group_id)s::bigint
 FROM unnest(%(message_ids)s::text[], %(bodies)s::text[]) WITH ORDINALITY
     AS a (message_id, body, position)
 ORDER BY a.position
@@ -280,7 +287,12 @@ ORDER BY a.position
 # Delete the item at a 1-based position in the list's order.
 DELETE_ITEM_AT = """
 DELETE FROM smsworker.list_item
-WHERE id = (SELECT id FROM smsworker.list_item ORDER BY id OFFSET %(offset)s LIMIT 1)
+WHERE id = (
+    SELECT id FROM smsworker.list_item
+    WHERE coalesce(group_id, 0) = coalesce(%(group_id)s::bigint, 0)
+    ORDER BY coalesce(group_id, 0), id
+    OFFSET %(offset)s LIMIT 1
+)
 RETURNING body
 """
 
@@ -515,4 +527,83 @@ WHERE account_sid = %(account)s
 # One sync process per account is active; this session lock says which.
 TRY_SYNC_ROLE = """
 SELECT pg_try_advisory_lock(hashtextextended('smsworker.sync:' || %(account)s, 0))
+"""
+
+# --- Groups ------------------------------------------------------------------
+
+# The group a phone number belongs to among those reached through one of our
+# numbers.
+GROUP_OF_MEMBER = """
+SELECT g.id, g.name, g.our_number
+FROM smsworker.group_member AS m
+JOIN smsworker.list_group AS g ON g.id = m.group_id
+WHERE m.our_number = %(our_number)s AND m.phone_number = %(phone_number)s
+"""
+
+# Add a member; returns the group the number belongs to on that number of
+# ours afterwards, which is another group when it was a member there already.
+ADD_MEMBER = """
+WITH added AS (
+    INSERT INTO smsworker.group_member (our_number, phone_number, group_id, invited_by)
+    VALUES (%(our_number)s, %(phone_number)s, %(group_id)s, %(invited_by)s)
+    ON CONFLICT (our_number, phone_number) DO NOTHING
+    RETURNING group_id, true AS added
+)
+SELECT group_id, added FROM added
+UNION ALL
+SELECT group_id, false FROM smsworker.group_member
+WHERE our_number = %(our_number)s AND phone_number = %(phone_number)s
+  AND NOT EXISTS (SELECT 1 FROM added)
+"""
+
+REMOVE_MEMBER = """
+DELETE FROM smsworker.group_member
+WHERE group_id = %(group_id)s AND phone_number = %(phone_number)s
+"""
+
+# Members of a group, oldest first, locked so that two `leave` commands
+# cannot both see another member left.
+LOCK_MEMBERS = """
+SELECT phone_number FROM smsworker.group_member
+WHERE group_id = %(group_id)s
+ORDER BY added_at, phone_number
+FOR UPDATE
+"""
+
+DELETE_GROUP = """
+DELETE FROM smsworker.list_group WHERE id = %(group_id)s
+"""
+
+CREATE_GROUP = """
+INSERT INTO smsworker.list_group (name, our_number)
+VALUES (%(name)s, %(our_number)s)
+ON CONFLICT (our_number, name) DO NOTHING
+RETURNING id
+"""
+
+# Groups for `smsworker groups list`, with their member and item counts.
+LIST_GROUPS = """
+SELECT g.id, g.name, g.our_number,
+       (SELECT count(*) FROM smsworker.group_member AS m WHERE m.group_id = g.id),
+       coalesce(s.item_count, 0)
+FROM smsworker.list_group AS g
+LEFT JOIN smsworker.list_size AS s ON s.name = smsworker.list_size_name(g.id)
+ORDER BY g.our_number, g.name
+"""
+
+# A group by id (when the text is digits) or by name.
+FIND_GROUPS = """
+SELECT id, name, our_number FROM smsworker.list_group
+WHERE name = %(text)s OR id::text = %(text)s
+ORDER BY id
+"""
+
+# Record the private-list notice for a stranger at most once a day; returns
+# a row only when the notice is due.
+NOTE_STRANGER = """
+INSERT INTO smsworker.stranger_notice AS s (our_number, phone_number, notified_on)
+VALUES (%(our_number)s, %(phone_number)s, %(day)s)
+ON CONFLICT (our_number, phone_number) DO UPDATE SET notified_on = excluded.notified_on
+WHERE s.notified_on < excluded.notified_on
+RETURNING 1
 """

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from smsworker import db, queries, todo
+from smsworker import bot, db, queries, todo
 from smsworker.commands import parse
 from smsworker.deadletters import RetryResult, retry_one
 from smsworker.handling import DEAD_LETTER_OUTCOME, MessageHandler
@@ -83,12 +83,13 @@ def replay(
     since: datetime,
     until: datetime,
     max_attempts: int,
+    mode: bot.Mode,
     on_progress: Callable[[int], None] = lambda count: None,
 ) -> ReplaySummary:
     """Handle the window's messages in order; return what was handled, skipped and failed."""
     summary = ReplaySummary()
     # Without a cursor name the handler never moves the worker's cursor.
-    handler = MessageHandler(cursor_name=None, max_attempts=max_attempts)
+    handler = MessageHandler(cursor_name=None, max_attempts=max_attempts, mode=mode)
     with db.connect(database_url, autocommit=True) as conn, db.database_errors():
         db.check_schema(conn, cursor_name)
         for page in _pages(conn, cursor_name, since, until):

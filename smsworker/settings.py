@@ -65,6 +65,10 @@ class Settings:
     handler_max_attempts: int = HANDLER_MAX_ATTEMPTS
     database_retry_limit_s: float = DATABASE_RETRY_LIMIT_S
     cursor_name: str = DEFAULT_CURSOR_NAME
+    # Everyone shares one list, instead of private lists per group.
+    open_list: bool = False
+    # The region of typed phone numbers without a country code.
+    default_region: str = "US"
 
     def __repr__(self) -> str:
         # The database URL may carry a password.

@@ -39,6 +39,9 @@ class Result:
 
     outcome: str
     reply: str | None
+    # Texts to other numbers, as (to, body), sent from the number the message
+    # was sent to: an invitation's welcome.
+    others: tuple[tuple[str, str], ...] = ()
 
 
 class TodoList:
@@ -50,8 +53,10 @@ class TodoList:
     until the transaction ends, so the numbers in replies match the list.
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, group_id: int | None = None) -> None:
+        """Open a group's list, or the open list when `group_id` is None."""
         self.conn = conn
+        self.group_id = group_id
         self._stored: int | None = None
         self._added_ids: list[str] = []
         self._added_bodies: list[str] = []
@@ -75,7 +80,9 @@ class TodoList:
         after: int | None = None
         page = FIRST_PAGE_SIZE
         while remaining > 0:
-            rows = self.conn.execute(queries.LIST_ITEMS, {"after": after, "limit": page}).fetchall()
+            rows = self.conn.execute(
+                queries.LIST_ITEMS, {"group_id": self.group_id, "after": after, "limit": page}
+            ).fetchall()
             for _, body in rows:
                 yield body
             if len(rows) < page:
@@ -95,7 +102,9 @@ class TodoList:
             # Added in this transaction and not written yet: it never will be.
             del self._added_ids[index]
             return self._added_bodies.pop(index)
-        row = self.conn.execute(queries.DELETE_ITEM_AT, {"offset": position - 1}).fetchone()
+        row = self.conn.execute(
+            queries.DELETE_ITEM_AT, {"group_id": self.group_id, "offset": position - 1}
+        ).fetchone()
         if row is None:
             return None
         self._stored = stored - 1
@@ -106,7 +115,12 @@ class TodoList:
         if not self._added_ids:
             return
         self.conn.execute(
-            queries.ADD_ITEMS, {"message_ids": self._added_ids, "bodies": self._added_bodies}
+            queries.ADD_ITEMS,
+            {
+                "group_id": self.group_id,
+                "message_ids": self._added_ids,
+                "bodies": self._added_bodies,
+            },
         )
         self._stored = self._stored_count() + len(self._added_ids)
         self._added_ids = []
@@ -114,9 +128,32 @@ class TodoList:
 
     def _stored_count(self) -> int:
         if self._stored is None:
-            row = self.conn.execute(queries.LOCK_LIST_SIZE).fetchone()
+            row = self.conn.execute(queries.LOCK_LIST_SIZE, {"group_id": self.group_id}).fetchone()
             self._stored = int(row[0]) if row else 0
         return self._stored
+
+
+class Lists:
+    """The lists one transaction changes, each opened when a message first needs it."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._lists: dict[int | None, TodoList] = {}
+
+    def get(self, group_id: int | None) -> TodoList:
+        """Return a group's list, or the open list for None."""
+        if group_id not in self._lists:
+            self._lists[group_id] = TodoList(self.conn, group_id)
+        return self._lists[group_id]
+
+    def forget(self, group_id: int) -> None:
+        """Drop a deleted group's list, with the additions not written yet."""
+        self._lists.pop(group_id, None)
+
+    def flush(self) -> None:
+        """Write every list's additions."""
+        for items in self._lists.values():
+            items.flush()
 
 
 def apply(items: TodoList, message: InboundMessage, parsed: ParsedMessage) -> Result:

@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
-from smsworker import db, queries, status, todo
+from smsworker import bot, db, queries, status, todo
 from smsworker.errors import DatabaseUnavailable
 from smsworker.handling import MessageHandler
 from smsworker.metrics import Metrics
@@ -71,6 +71,7 @@ class Worker:
             max_attempts=settings.handler_max_attempts,
             metrics=self.metrics,
             stop_event=self.stop_event,
+            mode=bot.Mode(open_list=settings.open_list, region=settings.default_region),
         )
         self._stats_thread = threading.Thread(
             target=self._refresh_stats_until_stopped, name="smsworker-stats", daemon=True

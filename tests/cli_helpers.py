@@ -31,9 +31,17 @@ NOTIFICATION_ONLY_POLL_S = "60"
 
 
 def cli_env(
-    database_url: str | None, twilio: FakeTwilio | None = None, **extra: str
+    database_url: str | None,
+    twilio: FakeTwilio | None = None,
+    *,
+    open_list: bool = True,
+    **extra: str,
 ) -> dict[str, str]:
-    """Build the environment of an smsworker process: this one, minus its settings."""
+    """Build the environment of an smsworker process: this one, minus its settings.
+
+    Processes share one open list unless `open_list` is False, which makes
+    lists private to groups as they are by default.
+    """
     env = {
         name: value
         for name, value in os.environ.items()
@@ -47,6 +55,8 @@ def cli_env(
         env["TWILIO_ACCOUNT_SID"] = twilio.account_sid
         env["TWILIO_AUTH_TOKEN"] = twilio.auth_token
         env["TWILIO_API_BASE_URL"] = twilio.url
+    if open_list:
+        env["SMSWORKER_OPEN"] = "1"
     env.update(extra)
     return env
 
