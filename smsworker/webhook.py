@@ -9,13 +9,14 @@ wakes the worker through its trigger.
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import psycopg
 from twilio.request_validator import RequestValidator
 
 from smsworker import db, queries
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 HEALTH_PATH = "/healthz"
+# Database connections kept open between requests.
+POOL_SIZE = 4
 
 
 class WebhookServer(ThreadingHTTPServer):
@@ -44,30 +47,41 @@ class WebhookServer(ThreadingHTTPServer):
         self.validator = RequestValidator(auth_token)
         self.public_url = public_url
         self.path = urlsplit(public_url).path or "/"
-        self._local = threading.local()
-        self._connections: list[db.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._idle: list[db.Connection] = []
+        self._idle_lock = threading.Lock()
 
-    def connection(self) -> db.Connection:
-        """Return this thread's database connection, opening it when needed."""
-        conn: db.Connection | None = getattr(self._local, "conn", None)
+    @contextmanager
+    def connection(self) -> Iterator[db.Connection]:
+        """Lend a database connection for one request, opening one when none is idle.
+
+        The server runs a thread per HTTP connection, so connections are kept
+        in a pool, not per thread: at most POOL_SIZE stay open between
+        requests, however many requests arrive.
+        """
+        with self._idle_lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is None or conn.closed:
             conn = db.connect(
                 self.database_url, autocommit=True, application_name="smsworker-webhook"
             )
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections = [c for c in self._connections if not c.closed]
-                self._connections.append(conn)
-        return conn
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        with self._idle_lock:
+            if len(self._idle) < POOL_SIZE and not conn.closed:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def server_close(self) -> None:
-        """Stop listening and close the request threads' database connections."""
+        """Stop listening and close the idle database connections."""
         super().server_close()
-        with self._connections_lock:
-            for conn in self._connections:
+        with self._idle_lock:
+            for conn in self._idle:
                 conn.close()
-            self._connections.clear()
+            self._idle.clear()
 
 
 class WebhookHandler(BaseHTTPRequestHandler):
@@ -81,8 +95,8 @@ class WebhookHandler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
             return
         try:
-            with db.database_errors():
-                self.server.connection().execute("SELECT 1")
+            with db.database_errors(), self.server.connection() as conn:
+                conn.execute("SELECT 1")
         except SmsWorkerError as error:
             logger.warning("Health check failed: %s", error)
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b"database unavailable\n", "text/plain")
@@ -166,13 +180,8 @@ class WebhookHandler(BaseHTTPRequestHandler):
             "num_segments": _int_or_zero(fields.get("NumSegments")) or 1,
             "uri": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json",
         }
-        conn = self.server.connection()
-        with db.database_errors():
-            try:
-                cursor = conn.execute(queries.INSERT_WEBHOOK_MESSAGE, row)
-            except psycopg.OperationalError:
-                conn.close()
-                raise
+        with db.database_errors(), self.server.connection() as conn:
+            cursor = conn.execute(queries.INSERT_WEBHOOK_MESSAGE, row)
         return cursor.rowcount == 1
 
     def _reply(self, status: HTTPStatus, body: bytes, content_type: str) -> None:

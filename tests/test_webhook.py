@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from twilio.request_validator import RequestValidator
 
+from smsworker import webhook
 from tests.cli_helpers import CliProcess, cli_env, free_port, run_cli
 from tests.conftest import ALICE, BOT_NUMBER, new_message_id, wait_until
 from tests.fake_twilio import FakeTwilio
@@ -158,3 +159,24 @@ def test_webhook_invalid_public_url_exits_2(database_url: str, tmp_path: Any) ->
     assert result.returncode == 2
     assert "--public-url" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_connections_stay_bounded_under_many_requests(
+    conn: psycopg.Connection[Any], webhook_url: str
+) -> None:
+    base = webhook_url.rsplit("/twilio", 1)[0]
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    for number in range(30):
+        fields = inbound_fields(f"item {number}")
+        assert post(webhook_url, fields, sign(webhook_url, fields))[0] == 200
+        with opener.open(f"{base}/healthz", timeout=5) as response:
+            assert response.status == 200
+
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'smsworker-webhook'"
+    ).fetchone()
+    assert row is not None
+    assert 1 <= row[0] <= webhook.POOL_SIZE
+    stored_rows = conn.execute("SELECT count(*) FROM twilio.message").fetchone()
+    assert stored_rows == (30,)
