@@ -364,7 +364,9 @@ INSERT INTO twilio.message (
 
 # A message from Twilio's inbound-message webhook. The same message may
 # arrive twice (a request sent again, or a syncer that stored it first): the
-# second insert changes nothing.
+# second insert changes nothing. date_sent stays NULL until the sync lists
+# the message with Twilio's own: the sync's deletion check compares it with
+# the window it listed.
 INSERT_WEBHOOK_MESSAGE = """
 INSERT INTO twilio.message (
     id, account_id, api_version, body, date_created, date_sent, date_updated,
@@ -372,7 +374,7 @@ INSERT INTO twilio.message (
     price_unit, status, "to", uri
 ) VALUES (
     %(id)s, %(account_id)s, %(api_version)s, %(body)s, %(date_created)s,
-    %(date_created)s, %(date_created)s, false, 'inbound', %(from)s,
+    NULL, %(date_created)s, false, 'inbound', %(from)s,
     %(messaging_service_id)s, %(num_media)s, %(num_segments)s, 'USD', 'received',
     %(to)s, %(uri)s
 )
@@ -403,12 +405,20 @@ SET run_window_start = %(window_start)s, run_head = NULL, run_next_page = NULL,
 WHERE account_sid = %(account)s
 """
 
-FORGET_SYNC_SEEN = """
-DELETE FROM smsworker.sync_seen WHERE account_sid = %(account)s
+FORGET_SYNC_STAGED = """
+DELETE FROM smsworker.sync_staged WHERE account_sid = %(account)s
 """
 
-# Insert the listed messages that are new and update those that changed,
-# in one statement. A stored row keeps its date_created: the worker orders
+# Keep one page's rows until the run ends.
+STAGE_SYNC_ROWS = """
+INSERT INTO smsworker.sync_staged (account_sid, message_id, row)
+SELECT %(account)s, r.row ->> 'id', r.row
+FROM jsonb_array_elements(%(rows)s) AS r (row)
+ON CONFLICT (account_sid, message_id) DO UPDATE SET row = excluded.row
+"""
+
+# Insert the messages a run listed that are new and update those that
+# changed, in one statement. A stored row keeps its date_created: the worker orders
 # by it, and a row from the webhook may have been handled already. A
 # tombstone stays a tombstone. Returns one row per message written.
 UPSERT_MESSAGES = """
@@ -422,13 +432,15 @@ SELECT
     r.date_updated, false, r.direction, r.error_code, r.error_message, r."from",
     r.messaging_service_id, r.num_media, r.num_segments, r.price, r.price_unit,
     r.status, r."to", r.uri
-FROM jsonb_to_recordset(%(rows)s) AS r (
+FROM smsworker.sync_staged AS s
+CROSS JOIN LATERAL jsonb_to_record(s.row) AS r (
     id text, account_id text, api_version text, body text,
     date_created timestamp, date_sent timestamp, date_updated timestamp,
     direction text, error_code integer, error_message text, "from" text,
     messaging_service_id text, num_media integer, num_segments integer,
     price numeric, price_unit text, status text, "to" text, uri text
 )
+WHERE s.account_sid = %(account)s
 ON CONFLICT (id) DO UPDATE SET
     account_id = excluded.account_id,
     api_version = excluded.api_version,
@@ -472,12 +484,6 @@ FROM unnest(%(message_ids)s::text[], %(dates)s::timestamp[]) AS i (id, date_crea
 ON CONFLICT (message_id) DO NOTHING
 """
 
-RECORD_SYNC_SEEN = """
-INSERT INTO smsworker.sync_seen (account_sid, message_id)
-SELECT %(account)s, id FROM unnest(%(ids)s::text[]) AS i (id)
-ON CONFLICT DO NOTHING
-"""
-
 # After a page that is not the last: remember where the run goes on.
 ADVANCE_SYNC_RUN = """
 UPDATE smsworker.sync_state
@@ -510,7 +516,7 @@ WHERE m.account_id = %(account)s
   AND m.date_sent < %(listed_until)s
   AND m.deleted IS NOT TRUE
   AND NOT EXISTS (
-      SELECT 1 FROM smsworker.sync_seen AS s
+      SELECT 1 FROM smsworker.sync_staged AS s
       WHERE s.account_sid = %(account)s AND s.message_id = m.id
   )
 """

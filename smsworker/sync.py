@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from psycopg.types.json import Jsonb
@@ -116,6 +117,8 @@ class ListedPage:
     """One page of Twilio's message list, as rows of twilio.message."""
 
     rows: list[dict[str, Any]]
+    # The next page's path and query, without the API's base URL, which may
+    # change before a stopped run continues.
     next_url: str | None
 
 
@@ -138,9 +141,9 @@ class MessageLister:
             )
         )
 
-    def page_at(self, url: str) -> ListedPage:
-        """Return the page at `url`, a next-page URL of an earlier page."""
-        return self._read(lambda: self.client.messages.get_page(url))
+    def page_at(self, uri: str) -> ListedPage:
+        """Return the page at `uri`, the next-page path of an earlier page."""
+        return self._read(lambda: self.client.messages.get_page(self.client.api.absolute_url(uri)))
 
     def _read(self, fetch: Callable[[], Any]) -> ListedPage:
         try:
@@ -159,7 +162,11 @@ class MessageLister:
             raise SyncError(f"reading Twilio's message list failed: {error}") from error
         except requests.RequestException as error:
             raise SyncError(f"reading Twilio's message list failed: {error}") from error
-        return ListedPage(rows, page.next_page_url)
+        next_url = page.next_page_url
+        if next_url:
+            parts = urlsplit(next_url)
+            next_url = f"{parts.path}?{parts.query}" if parts.query else parts.path
+        return ListedPage(rows, next_url or None)
 
     def _translate(self, status: int, code: int | None, message: str) -> SyncError:
         description = f"Twilio returned HTTP {status}, error {code}: {message}"
@@ -387,7 +394,7 @@ class Syncer:
             if state.run_next_page is None or state.run_window_start is None:
                 window_start = self._window_start(state, now)
                 with conn.transaction():
-                    conn.execute(queries.FORGET_SYNC_SEEN, {"account": self.account})
+                    conn.execute(queries.FORGET_SYNC_STAGED, {"account": self.account})
                     conn.execute(
                         queries.START_SYNC_RUN,
                         {"account": self.account, "window_start": window_start},
@@ -421,10 +428,12 @@ class Syncer:
             head = max([*sent, *([head] if head else [])], default=None)
             done = page.next_url is None or (bool(sent) and min(sent) < window_start)
             with db.database_errors(), conn.transaction():
-                inserted, updated = self._store(conn, page.rows, state.history_before)
-                deleted = 0
+                self._stage(conn, page.rows)
+                inserted = updated = deleted = 0
                 if done:
-                    deleted = self._finish_run(conn, window_start, run_started, head)
+                    inserted, updated, deleted = self._finish_run(
+                        conn, window_start, run_started, head, state.history_before
+                    )
                 else:
                     conn.execute(
                         queries.ADVANCE_SYNC_RUN,
@@ -527,13 +536,24 @@ class Syncer:
             error,
         )
 
-    def _store(
-        self, conn: db.Connection, rows: list[dict[str, Any]], history_before: datetime
-    ) -> tuple[int, int]:
-        """Upsert one page's rows; return how many were inserted and updated."""
-        if not rows:
-            return 0, 0
-        written = conn.execute(queries.UPSERT_MESSAGES, {"rows": Jsonb(rows)}).fetchall()
+    def _stage(self, conn: db.Connection, rows: list[dict[str, Any]]) -> None:
+        """Keep one page's rows until the run ends."""
+        if rows:
+            conn.execute(queries.STAGE_SYNC_ROWS, {"account": self.account, "rows": Jsonb(rows)})
+
+    def _finish_run(
+        self,
+        conn: db.Connection,
+        window_start: datetime,
+        run_started: datetime,
+        head: datetime | None,
+        history_before: datetime,
+    ) -> tuple[int, int, int]:
+        """Write the run's rows, turn unlisted ones into tombstones and close the run.
+
+        Returns how many rows were inserted, updated and deleted.
+        """
+        written = conn.execute(queries.UPSERT_MESSAGES, {"account": self.account}).fetchall()
         history = [
             (id_, created)
             for id_, direction, created, inserted in written
@@ -544,28 +564,15 @@ class Syncer:
                 queries.RECORD_SYNC_HISTORY,
                 {"message_ids": [h[0] for h in history], "dates": [h[1] for h in history]},
             )
-        conn.execute(
-            queries.RECORD_SYNC_SEEN, {"account": self.account, "ids": [r["id"] for r in rows]}
-        )
         inserted = sum(1 for row in written if row[3])
-        return inserted, len(written) - inserted
-
-    def _finish_run(
-        self,
-        conn: db.Connection,
-        window_start: datetime,
-        run_started: datetime,
-        head: datetime | None,
-    ) -> int:
-        """Turn unlisted messages of the window into tombstones and close the run."""
         listed_until = run_started - timedelta(seconds=TOMBSTONE_GRACE_S)
         deleted = conn.execute(
             queries.TOMBSTONE_UNLISTED,
             {"account": self.account, "window_start": window_start, "listed_until": listed_until},
         ).rowcount
-        conn.execute(queries.FORGET_SYNC_SEEN, {"account": self.account})
+        conn.execute(queries.FORGET_SYNC_STAGED, {"account": self.account})
         conn.execute(queries.FINISH_SYNC_RUN, {"account": self.account, "run_head": head})
-        return deleted
+        return inserted, len(written) - inserted, deleted
 
 
 def check_schema(conn: db.Connection) -> None:

@@ -2,10 +2,11 @@
 -- into twilio.message. One row per Twilio account.
 --
 -- A run lists the messages sent since run_window_start, newest first, one
--- page per transaction: each page's rows, the ids seen and the next page's
--- URL commit together, so a run stopped between pages continues from
--- run_next_page. When a run ends, synced_until moves to the newest date_sent
--- it saw, and the next run starts an overlap before that.
+-- page per transaction: each page's rows go to sync_staged together with the
+-- next page's URL, so a run stopped between pages continues from
+-- run_next_page. When a run ends, its rows are written to twilio.message in
+-- one transaction, and synced_until moves to the newest date_sent it saw; the
+-- next run starts an overlap before that.
 CREATE TABLE IF NOT EXISTS smsworker.sync_state (
     account_sid text PRIMARY KEY,
     -- Every message sent between synced_from and synced_until was listed.
@@ -23,11 +24,15 @@ CREATE TABLE IF NOT EXISTS smsworker.sync_state (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
--- The ids a run in progress has listed. A run that ends marks every stored
--- message of its window that it did not list as deleted at Twilio.
-CREATE TABLE IF NOT EXISTS smsworker.sync_seen (
+-- The messages a run in progress has listed, as twilio.message rows in
+-- JSON. They become visible together when the run ends, so the worker sees
+-- the run's new messages at once and handles them in order, not newest page
+-- first. The run then marks every stored message of its window that it did
+-- not list as deleted at Twilio.
+CREATE TABLE IF NOT EXISTS smsworker.sync_staged (
     account_sid text NOT NULL,
     message_id text NOT NULL,
+    row jsonb NOT NULL,
     PRIMARY KEY (account_sid, message_id)
 );
 

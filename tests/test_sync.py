@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from smsworker.sync import PollResult, Syncer, SyncError, SyncSettings
 from tests.cli_helpers import CliProcess, cli_env, free_port, run_cli, scrape_metrics
 from tests.conftest import ALICE, BOB, BOT_NUMBER, RunningWorker, wait_until
 from tests.fake_twilio import FakeTwilio
+from tests.test_bot import replies_to
 from tests.test_webhook import inbound_fields, post, sign
 
 WEBHOOK_TOKEN = "sync-webhook-token"
@@ -74,6 +76,12 @@ def stored(conn: psycopg.Connection[Any], message_id: str) -> dict[str, Any] | N
 
 def count_rows(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT count(*) FROM twilio.message").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def staged_count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM smsworker.sync_staged").fetchone()
     assert row is not None
     return int(row[0])
 
@@ -273,11 +281,16 @@ def test_failed_page_leaves_nothing_half_done_and_next_poll_continues(
     thread.join(30)
 
     assert failure, "the poll should fail once Twilio keeps failing"
-    assert count_rows(conn) == 2
+    # The first page waits for the end of the run, and the run goes on from the
+    # second page.
+    assert count_rows(conn) == 0
+    assert staged_count(conn) == 2
     fake_twilio.clear_failures()
     result = poll(syncer)
-    assert result.inserted == 4
+    assert result.pages == 2
+    assert result.inserted == 6
     assert count_rows(conn) == 6
+    assert staged_count(conn) == 0
 
 
 def test_rejected_saved_page_restarts_the_run(
@@ -294,8 +307,7 @@ def test_rejected_saved_page_restarts_the_run(
         "UPDATE smsworker.sync_state SET run_window_start = %s, run_next_page = %s",
         [
             naive(now) - timedelta(minutes=10),
-            f"{fake_twilio.url}/2010-04-01/Accounts/"
-            f"{fake_twilio.account_sid}/Messages.json?PageSize=2&PageToken=PAexpired",
+            f"/2010-04-01/Accounts/{fake_twilio.account_sid}/Messages.json?PageSize=2&PageToken=PAexpired",
         ],
     )
 
@@ -473,7 +485,8 @@ def test_restart_in_the_middle_of_paging_continues_from_its_page(
     first.send_signal(signal.SIGKILL)
     first.wait_exit()
 
-    assert count_rows(conn) == 4
+    assert staged_count(conn) == 4
+    assert count_rows(conn) == 0
     state = conn.execute(
         "SELECT run_next_page FROM smsworker.sync_state WHERE account_sid = %s",
         [fake_twilio.account_sid],
@@ -583,3 +596,93 @@ def test_sync_survives_database_outage(
         wait_until(lambda: stored(conn, during["sid"]) is not None, message="the missed message")
         assert count_rows(conn) == 2
     assert process.popen.poll() is None
+
+
+def test_run_of_several_pages_handled_oldest_first(
+    conn: psycopg.Connection[Any],
+    fake_twilio: FakeTwilio,
+    make_syncer: Callable[..., Syncer],
+    start_worker: Callable[..., RunningWorker],
+) -> None:
+    start_worker()
+    now = twilio_now()
+    bodies = ["first", "second", "third", "ls"]
+    records = [
+        fake_twilio.add_inbound(ALICE, BOT_NUMBER, body, date_sent=now - timedelta(seconds=5 - n))
+        for n, body in enumerate(bodies)
+    ]
+
+    assert poll(make_syncer(page_size=2)).pages == 2
+
+    fake_twilio.wait_for_messages(4)
+    assert [replies_to(conn, record["sid"]) for record in records] == [
+        ["Added 1. first"],
+        ["Added 2. second"],
+        ["Added 3. third"],
+        ["1. first\n2. second\n3. third"],
+    ]
+
+
+def test_webhook_row_outside_the_window_not_deleted(
+    conn: psycopg.Connection[Any],
+    fake_twilio: FakeTwilio,
+    make_syncer: Callable[..., Syncer],
+    webhook_url: str,
+) -> None:
+    now = twilio_now()
+    fake_twilio.add_inbound(BOB, BOT_NUMBER, "inside", date_sent=now - timedelta(seconds=650))
+    # Twilio calls the webhook for this message late, after the sync's window moved on.
+    late = fake_twilio.add_inbound(
+        ALICE, BOT_NUMBER, "late", date_sent=now - timedelta(seconds=700)
+    )
+    syncer = make_syncer(page_size=1, overlap_s=600)
+    poll(syncer)
+    assert deliver(webhook_url, late) == 200
+    # The webhook does not know when Twilio sent the message, and the window
+    # check for deletions skips a row without date_sent.
+    webhook_row = stored(conn, late["sid"])
+    assert webhook_row is not None
+    assert webhook_row["date_sent"] is None
+
+    result = poll(syncer)
+
+    assert result.deleted == 0
+    row = stored(conn, late["sid"])
+    assert row is not None
+    assert row["deleted"] is False
+    assert row["body"] == "late"
+
+
+def test_stopped_run_continues_at_another_base_url(
+    conn: psycopg.Connection[Any], fake_twilio: FakeTwilio, make_syncer: Callable[..., Syncer]
+) -> None:
+    now = twilio_now()
+    records = [
+        fake_twilio.add_inbound(ALICE, BOT_NUMBER, f"n{n}", date_sent=now - timedelta(seconds=n))
+        for n in range(5)
+    ]
+    first = make_syncer(page_size=2)
+    fake_twilio.hold_list_requests(after=1)
+    thread = threading.Thread(target=first.poll)
+    thread.start()
+    fake_twilio.wait_for_list_requests(2)
+    first.stop_event.set()
+    fake_twilio.release_list_requests()
+    thread.join(30)
+    first.close()
+    assert staged_count(conn) == 4
+
+    with FakeTwilio(fake_twilio.account_sid, fake_twilio.auth_token) as moved:
+        for record in records:
+            moved.add_inbound(
+                record["from"], record["to"], record["body"],
+                sid=record["sid"], date_sent=parsedate_to_datetime(record["date_sent"]),
+            )  # fmt: skip
+        second = make_syncer(
+            page_size=2,
+            twilio=TwilioSettings(moved.account_sid, moved.auth_token, moved.url),
+        )
+        result = poll(second)
+
+        assert "PageToken" in moved.list_requests[0]
+    assert (result.pages, result.inserted) == (1, 5)
