@@ -126,6 +126,10 @@ class DurationParam(_DurationParamBase):
     name = "duration"
     _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 
+    def __init__(self, min_s: float = 0.0, max_s: float = 10 * 366 * 86400.0) -> None:
+        self.min_s = min_s
+        self.max_s = max_s
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, float):
             return value
@@ -135,8 +139,10 @@ class DurationParam(_DurationParamBase):
                 f"{value!r} is not a duration. Examples: 600 (seconds), 10m, 2h, 7d.", param, ctx
             )
         seconds = float(match.group(1)) * DURATION_UNITS_S[match.group(2) or "s"]
-        if seconds > 10 * 366 * 86400:
-            self.fail(f"{value!r} is longer than 10 years.", param, ctx)
+        if not self.min_s <= seconds <= self.max_s:
+            self.fail(
+                f"{value!r} is not between {self.min_s:g} and {self.max_s:g} seconds.", param, ctx
+            )
         return seconds
 
 
@@ -300,6 +306,22 @@ def twilio_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+
+
+def check_sync_credentials(account_sid: str | None, auth_token: str | None) -> None:
+    """Reject missing credentials and an account SID that cannot be one, before syncing."""
+    if not account_sid or not auth_token:
+        raise click.UsageError(
+            "the sync reads Twilio's message list: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+        )
+    if not ACCOUNT_SID.fullmatch(account_sid):
+        raise click.BadParameter(
+            f"{account_sid!r} is not an account SID, which is AC and 32 hexadecimal digits",
+            param_hint="--twilio-account-sid",
+        )
+
+
 def twilio_settings(
     account_sid: str | None, auth_token: str | None, api_base_url: str
 ) -> TwilioSettings | None:
@@ -368,17 +390,17 @@ def sync_options(prefix: str) -> Callable[..., Any]:
                 "sync_interval",
                 envvar="SMSWORKER_SYNC_INTERVAL",
                 show_envvar=True,
-                type=FiniteFloatRange(min=0.5, max=3600),
-                default=sync.SYNC_INTERVAL_S,
+                type=DurationParam(min_s=0.5, max_s=3600),
+                default="5s",
                 show_default=True,
-                help="Seconds between polls of Twilio's message list.",
+                help="Time between polls of Twilio's message list (5, 5s, 1m).",
             ),
             click.option(
                 f"--{prefix}overlap",
                 "sync_overlap",
                 envvar="SMSWORKER_SYNC_OVERLAP",
                 show_envvar=True,
-                type=DurationParam(),
+                type=DurationParam(min_s=10, max_s=7 * 86400),
                 default="10m",
                 show_default=True,
                 help="How far before the newest message of the last poll each poll "
@@ -389,7 +411,7 @@ def sync_options(prefix: str) -> Callable[..., Any]:
                 "sync_backfill",
                 envvar="SMSWORKER_SYNC_BACKFILL",
                 show_envvar=True,
-                type=DurationParam(),
+                type=DurationParam(min_s=60),
                 help="Load the messages of this period once (7d). The worker does not act "
                 "on messages older than the sync's first poll.",
             ),
@@ -516,11 +538,9 @@ def run(
 
     With --sync, the same process also polls Twilio's message list.
     """
+    if with_sync:
+        check_sync_credentials(twilio_account_sid, twilio_auth_token)
     twilio = twilio_settings(twilio_account_sid, twilio_auth_token, twilio_api_base_url)
-    if with_sync and twilio is None:
-        raise click.UsageError(
-            "--sync reads Twilio's message list: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
-        )
 
     # Signals are handled from here on, so one that arrives while the embedded
     # database starts still means a clean stop and exit 0.
@@ -531,6 +551,7 @@ def run(
     serve_metrics(metrics, metrics_port, metrics_address)
 
     syncer_thread: threading.Thread | None = None
+    sync_failures: list[SmsWorkerError] = []
     try:
         url = resolve_database_url(database_url, data_dir)
         if with_sync and twilio is not None:
@@ -542,7 +563,10 @@ def run(
                 stop_event=stop_event,
             )
             syncer_thread = threading.Thread(
-                target=_run_syncer, args=(syncer,), name="smsworker-sync", daemon=True
+                target=_run_syncer,
+                args=(syncer, sync_failures),
+                name="smsworker-sync",
+                daemon=True,
             )
         settings = Settings(
             database_url=url,
@@ -568,6 +592,8 @@ def run(
         if syncer_thread is not None:
             syncer_thread.start()
         worker.run()
+        if sync_failures:
+            raise click.ClickException(f"the sync stopped: {sync_failures[0]}")
     except SmsWorkerError as error:
         raise click.ClickException(str(error)) from error
     finally:
@@ -576,12 +602,14 @@ def run(
             syncer_thread.join(SHUTDOWN_GRACE_S)
 
 
-def _run_syncer(syncer: sync.Syncer) -> None:
-    """Run the sync inside `smsworker run`; a failure stops the sync, not the worker."""
+def _run_syncer(syncer: sync.Syncer, failures: list[SmsWorkerError]) -> None:
+    """Run the sync inside `smsworker run`; an error that stops it stops the worker too."""
     try:
         syncer.run()
     except SmsWorkerError as error:
-        logger.error("The sync stopped: %s", error)
+        logger.error("The sync stopped, so the worker stops too: %s", error)
+        failures.append(error)
+        syncer.stop_event.set()
 
 
 def _sender_factory(twilio: TwilioSettings | None) -> Callable[[], Sender]:
@@ -603,7 +631,7 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
             logger.warning("Received %s again, exiting without waiting.", name)
             os._exit(128 + signum)
         received.append(signum)
-        logger.info("Received %s, finishing the message in hand and stopping.", name)
+        logger.info("Received %s, finishing the work in hand and stopping.", name)
         stop()
 
     signal.signal(signal.SIGTERM, handle)
@@ -996,9 +1024,9 @@ def sync_command(
     Twilio account syncs at a time; others wait as standbys. Stops on
     SIGTERM or Ctrl-C.
     """
+    check_sync_credentials(twilio_account_sid, twilio_auth_token)
     twilio = twilio_settings(twilio_account_sid, twilio_auth_token, twilio_api_base_url)
-    if twilio is None:
-        raise click.UsageError("set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+    assert twilio is not None, "check_sync_credentials requires both"
     stop_event = threading.Event()
     _stop_on_signals(stop_event.set)
     metrics = SyncMetrics()

@@ -161,6 +161,11 @@ class SyncMetrics:
             "Time one sync poll took, every page of its run included.",
             registry=self.registry,
         )
+        # Every series exists from the start, at 0, so rate() sees the first change.
+        for change in ("inserted", "updated", "deleted"):
+            self.written.labels(change=change)
+        for kind in ("twilio_retried", "twilio", "database", "unexpected"):
+            self.errors.labels(kind=kind)
         self.active = Gauge(
             "smsworker_sync_active",
             "1 while this process syncs its account, 0 while another process does.",

@@ -563,7 +563,7 @@ def test_run_signal_stops_cleanly(
 
     assert worker.wait_exit(timeout=5) == 0
     stderr = worker.output("stderr")
-    assert f"Received {signum.name}, finishing the message in hand and stopping." in stderr
+    assert f"Received {signum.name}, finishing the work in hand and stopping." in stderr
     assert "smsworker stopped." in stderr
     assert "Traceback" not in stderr
     state = worker_state(conn)

@@ -514,7 +514,7 @@ def test_run_with_sync_answers_a_message_listed_at_twilio(
 ) -> None:
     port = free_port()
     process = start_run(
-        cli_env(database_url, fake_twilio), "--sync", "--sync-interval", "0.5", metrics_port=port
+        cli_env(database_url, fake_twilio), "--sync", "--sync-interval", "0.5s", metrics_port=port
     )
     fake_twilio.add_inbound(ALICE, BOT_NUMBER, "walk the dog", date_sent=twilio_now())
 
@@ -538,6 +538,7 @@ def test_run_with_sync_answers_a_message_listed_at_twilio(
     [
         (["--backfill", "7x"], "is not a duration"),
         (["--interval", "0"], "--interval"),
+        (["--overlap", "0"], "--overlap"),
         (["--page-size", "5000"], "--page-size"),
     ],
 )
@@ -574,7 +575,7 @@ def test_run_sync_without_credentials_exits_2(database_url: str, tmp_path: Path)
     result = run_cli("run", "--sync", env=cli_env(database_url), cwd=tmp_path)
 
     assert result.returncode == 2
-    assert "--sync" in result.stderr
+    assert "the sync reads" in result.stderr
 
 
 def test_sync_survives_database_outage(
@@ -686,3 +687,37 @@ def test_stopped_run_continues_at_another_base_url(
 
         assert "PageToken" in moved.list_requests[0]
     assert (result.pages, result.inserted) == (1, 5)
+
+
+def test_run_stops_when_its_sync_cannot_run(
+    conn: psycopg.Connection[Any], database_url: str, fake_twilio: FakeTwilio, tmp_path: Path
+) -> None:
+    # A database whose sync tables are missing, as a partial restore might leave it.
+    conn.execute("DROP TABLE smsworker.sync_state")
+
+    result = run_cli(
+        "run", "--sync", "--metrics-port", "0", env=cli_env(database_url, fake_twilio),
+        cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert "the sync stopped" in result.stderr
+    assert "smsworker migrate" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TWILIO_ACCOUNT_SID": "AC" + "1" * 32}, "set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"),
+        ({"TWILIO_ACCOUNT_SID": "foo", "TWILIO_AUTH_TOKEN": "x"}, "is not an account SID"),
+    ],
+    ids=["token-missing", "invalid-sid"],
+)
+def test_sync_credentials_checked(
+    database_url: str, tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    result = run_cli("sync", env=cli_env(database_url, **env), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "console" not in result.stderr
