@@ -12,6 +12,11 @@ deleted at Twilio and becomes a tombstone.
 Twilio filters the list by the day a message was sent, not the second, so a
 run asks for every message since midnight of its window's start and stops
 paging at the first page that reaches past the window.
+
+NOTE: the stop rule takes the list as sorted by date_sent, newest first.
+Twilio documents newest first without naming the field; if it were
+date_created, a message queued long before it was sent could sit on a page
+after the one where a run stops, and that run would not see it.
 """
 
 import functools
