@@ -32,12 +32,14 @@ def handle(
     lists: todo.Lists, message: todo.InboundMessage, parsed: ParsedMessage, mode: Mode
 ) -> todo.Result:
     """Apply a parsed message to its list or group and return the replies it calls for."""
+    sender, ours = message.from_number, message.to_number
+    if sender is not None and sender == ours:
+        return todo.Result("ignored", None)
     if mode.open_list:
         return todo.apply(lists.get(None), message, parsed)
     if parsed.command in (Command.OPT_OUT, Command.OPT_IN, Command.EMPTY):
         return todo.apply(lists.get(None), message, parsed)
 
-    sender, ours = message.from_number, message.to_number
     group = groups.group_of(lists.conn, ours, sender) if sender and ours else None
     if group is None:
         return _stranger(lists, message)
@@ -55,9 +57,16 @@ def handle(
 
 
 def _stranger(lists: todo.Lists, message: todo.InboundMessage) -> todo.Result:
-    """Tell a sender who is in no group that the lists are private, once a day."""
+    """Tell a sender who is in no group that the lists are private, once a day.
+
+    Another of our numbers gets no notice, so that two of them cannot text
+    each other without end. Our numbers never become members: invitations
+    and the operators' commands refuse them.
+    """
     if not message.from_number or not message.to_number:
         return todo.Result("stranger", None)
+    if groups.is_our_number(lists.conn, message.from_number):
+        return todo.Result("ignored", None)
     if groups.stranger_notice_due(
         lists.conn, message.to_number, message.from_number, _day_of(message)
     ):
@@ -90,14 +99,14 @@ def _invite(
             "Write it with its country code, for example: invite +12135550123",
         )
     inviter = str(message.from_number)
-    outcome = groups.add_member(lists.conn, group, number, invited_by=inviter)
     masked = mask_phone_number(number)
+    if number == message.to_number or groups.is_our_number(lists.conn, number):
+        return todo.Result("invalid", f"{masked} is a number of this service, not a person's.")
+    outcome = groups.add_member(lists.conn, group, number, invited_by=inviter)
     if outcome == "member already":
         return todo.Result("invalid", f"{masked} is a member already.")
     if outcome == "in another group":
-        return todo.Result(
-            "invalid", f"{masked} cannot be invited: they are on another list at this number."
-        )
+        return todo.Result("invalid", f"{masked} cannot be invited to this list.")
     return todo.Result(
         "invited",
         f"Invited {masked} and sent them a welcome text.",

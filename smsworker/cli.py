@@ -1047,6 +1047,10 @@ def sync_command(
         raise click.ClickException(str(error)) from error
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _phone_number(value: str, region: str, param_hint: str) -> str:
     number = phones.normalize(value, region)
     if number is None:
@@ -1090,8 +1094,10 @@ def groups_create(
     name: str,
 ) -> None:
     """Create group NAME, reached through --number, with its first members."""
-    if not name.strip():
-        raise click.BadParameter("the name is empty", param_hint="NAME")
+    try:
+        groups.check_name(name.strip())
+    except groups.GroupError as error:
+        raise click.BadParameter(str(error), param_hint="NAME") from error
     ours = _phone_number(our_number, default_region, "--number")
     numbers = list(
         dict.fromkeys(_phone_number(n, default_region, "--member") for n in member_numbers)
@@ -1128,7 +1134,7 @@ def groups_list(database_url: str | None, data_dir: Path) -> None:
         group = summary.group
         click.echo(
             f"{group.id:>4}  {group.name}  at {group.our_number}  "
-            f"{summary.member_count} members, {summary.item_count} items"
+            f"{_count(summary.member_count, 'member')}, {_count(summary.item_count, 'item')}"
         )
 
 
@@ -1168,6 +1174,7 @@ def members_add(
     phone = _phone_number(number, default_region, "NUMBER")
 
     def add(conn: db.Connection, found: groups.Group) -> str:
+        groups.check_not_ours(conn, phone, found.our_number)
         outcome = groups.add_member(conn, found, phone, invited_by=None)
         if outcome == "in another group":
             raise groups.GroupError(

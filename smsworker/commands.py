@@ -114,7 +114,9 @@ def parse(body: str | None, *, groups: bool = False) -> ParsedMessage:
                     Command.INVITE,
                     error="Say whom to invite, for example: invite +12135550123",
                 )
-            return ParsedMessage(Command.INVITE, text=argument)
+            # "invite Bob for dinner" is an item, not a number.
+            if any(char.isdigit() for char in argument):
+                return ParsedMessage(Command.INVITE, text=argument)
 
     return ParsedMessage(Command.ADD, text=text)
 

@@ -96,7 +96,7 @@ def migrate(
     applied = []
     with connect(database_url) as conn, database_errors():
         if on_notice is not None:
-            conn.add_notice_handler(lambda notice: on_notice(str(notice.message_primary)))
+            conn.add_notice_handler(lambda notice: _forward_notice(notice, on_notice))
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
         conn.execute(
             "SELECT set_config('smsworker.open_mode', %s, true)", ["on" if open_list else "off"]
@@ -121,6 +121,17 @@ def migrate(
     return applied
 
 
+# The prefix of the notices that say what a migration changed. PostgreSQL's
+# own notices ("relation ... already exists, skipping") are not passed on.
+NOTICE_PREFIX = "smsworker: "
+
+
+def _forward_notice(notice: psycopg.errors.Diagnostic, on_notice: Callable[[str], None]) -> None:
+    message = str(notice.message_primary or "")
+    if message.startswith(NOTICE_PREFIX):
+        on_notice(message.removeprefix(NOTICE_PREFIX))
+
+
 def check_schema(conn: Connection, cursor_name: str) -> None:
     """Raise ConfigurationError unless `smsworker migrate` has run on this database."""
     row = conn.execute("SELECT to_regclass('smsworker.processor_cursor') IS NOT NULL").fetchone()
@@ -135,6 +146,14 @@ def check_schema(conn: Connection, cursor_name: str) -> None:
         raise ConfigurationError(
             f"the database has no cursor named {cursor_name!r}; "
             "run `smsworker migrate` to create it"
+        )
+    # A database that an older release migrated lacks the newer files' tables.
+    applied = {name for (name,) in conn.execute("SELECT name FROM smsworker.schema_migration")}
+    missing = [path.name for path in migration_files() if path.name not in applied]
+    if missing:
+        raise ConfigurationError(
+            f"the database's schema is older than this smsworker ({', '.join(missing)} not "
+            "applied); stop the workers of the older release and run `smsworker migrate`"
         )
 
 

@@ -54,6 +54,12 @@ def add_member(conn: Connection, group: Group, phone_number: str, invited_by: st
     return "member already" if group_id == group.id else "in another group"
 
 
+def is_our_number(conn: Connection, number: str) -> bool:
+    """Return whether `number` reaches a group: one of our Twilio numbers."""
+    row = conn.execute(queries.IS_OUR_NUMBER, {"number": number}).fetchone()
+    return bool(row and row[0])
+
+
 def members(conn: Connection, group: Group) -> list[str]:
     """Return the group's members, oldest first, locked until the transaction ends."""
     rows = conn.execute(queries.LOCK_MEMBERS, {"group_id": group.id}).fetchall()
@@ -105,7 +111,10 @@ class GroupError(SmsWorkerError):
 
 def create_group(conn: Connection, name: str, our_number: str, member_numbers: list[str]) -> Group:
     """Create a group with its first members, all or nothing."""
+    check_name(name)
     with conn.transaction():
+        for number in member_numbers:
+            check_not_ours(conn, number, our_number)
         row = conn.execute(
             queries.CREATE_GROUP, {"name": name, "our_number": our_number}
         ).fetchone()
@@ -121,6 +130,26 @@ def create_group(conn: Connection, name: str, our_number: str, member_numbers: l
     return group
 
 
+# Group names appear in welcome texts and in `groups list`, one per line.
+MAX_NAME_LENGTH = 60
+
+
+def check_name(name: str) -> None:
+    """Raise GroupError for a name that welcome texts and `groups list` cannot show."""
+    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
+        raise GroupError(
+            f"a group name has 1 to {MAX_NAME_LENGTH} printable characters, on one line"
+        )
+    if name.isdigit():
+        raise GroupError("a group name of digits only would read as a group id")
+
+
+def check_not_ours(conn: Connection, number: str, our_number: str) -> None:
+    """Raise GroupError when `number` is one of ours: our numbers would text each other."""
+    if number == our_number or is_our_number(conn, number):
+        raise GroupError(f"{number} is one of our Twilio numbers, so it cannot be a member")
+
+
 def find_group(conn: Connection, text: str) -> Group:
     """Return the group named `text`, or whose id it is."""
     rows = conn.execute(queries.FIND_GROUPS, {"text": text}).fetchall()
@@ -128,7 +157,10 @@ def find_group(conn: Connection, text: str) -> Group:
         raise GroupError(f"no group is named {text!r}; `smsworker groups list` shows them")
     if len(rows) > 1:
         ids = ", ".join(str(row[0]) for row in rows)
-        raise GroupError(f"several groups are named {text!r} (ids {ids}); give the id instead")
+        raise GroupError(
+            f"several groups are named {text!r}, at different numbers (ids {ids}); "
+            "give the id instead"
+        )
     return Group(*rows[0])
 
 

@@ -600,8 +600,13 @@ ORDER BY g.our_number, g.name
 # A group by id (when the text is digits) or by name.
 FIND_GROUPS = """
 SELECT id, name, our_number FROM smsworker.list_group
-WHERE name = %(text)s OR id::text = %(text)s
+WHERE CASE WHEN %(text)s ~ '^[0-9]+$' THEN id::text = %(text)s ELSE name = %(text)s END
 ORDER BY id
+"""
+
+# Whether a number is one of ours: one that reaches a group.
+IS_OUR_NUMBER = """
+SELECT EXISTS (SELECT 1 FROM smsworker.list_group WHERE our_number = %(number)s)
 """
 
 # Record the private-list notice for a stranger at most once a day; returns

@@ -131,7 +131,8 @@ CREATE TABLE IF NOT EXISTS smsworker.data_migration (
 -- Before groups, there was one list shared by everyone. Its items move into
 -- one group per number they were sent to, whose members are the senders of
 -- those items. Items whose message is gone stay on the open list. The
--- notices say what moved; `smsworker migrate` prints them.
+-- notices say what moved; `smsworker migrate` prints those that start with
+-- "smsworker: ".
 DO $$
 DECLARE
     moved bigint;
@@ -198,7 +199,7 @@ BEGIN
 
     INSERT INTO smsworker.data_migration (name) VALUES ('open-list-to-groups');
     IF moved > 0 OR left_open > 0 THEN
-        RAISE NOTICE 'Moved % items of the shared list into % new groups with % members; % items stay on the open list.',
+        RAISE NOTICE 'smsworker: Moved % items of the shared list into % new groups with % members; % items stay on the open list.',
             moved, groups_created, members_added, left_open;
     END IF;
 END;

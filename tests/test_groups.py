@@ -302,6 +302,10 @@ def test_cli_creates_lists_and_changes_groups(
         (["members", "add", "tennis", BOB], 1, "another group"),
         (["members", "remove", "tennis", DAVE], 1, "is not a member"),
         (["members", "add", "tennis", DAVE, "--default-region", "XX"], 2, "not a region"),
+        (["members", "add", "tennis", BOT_NUMBER], 1, "one of our Twilio numbers"),
+        (["groups", "create", "x", "--number", DAVE, "--member", DAVE], 1, "our Twilio numbers"),
+        (["groups", "create", "12", "--number", DAVE, "--member", CAROL], 2, "digits only"),
+        (["groups", "create", "x" * 61, "--number", DAVE, "--member", CAROL], 2, "1 to 60"),
     ],
 )
 def test_cli_group_errors(
@@ -363,3 +367,73 @@ def test_migration_moves_shared_list_into_groups(empty_database_url: str, tmp_pa
         assert member_numbers(conn, house.group) == {ALICE}
         sizes = conn.execute("SELECT item_count FROM smsworker.list_size WHERE name = 'todo'")
         assert sizes.fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("invite +12135550100", "+*******0100 is a number of this service"),
+        ("invite +12135550199", "+*******0199 is a number of this service"),
+    ],
+    ids=["this-number", "other-number"],
+)
+def test_invite_refuses_our_numbers(
+    conn: psycopg.Connection[Any], private_worker: Any, body: str, expected: str
+) -> None:
+    tennis = create_group(conn, "tennis", BOT_NUMBER, ALICE)
+    create_group(conn, "house", SECOND_BOT, BOB)
+
+    message = insert_inbound(conn, body, from_number=ALICE)
+    wait_until_handled(conn, 1)
+
+    [reply] = replies_to(conn, message)
+    assert reply.startswith(expected)
+    assert member_numbers(conn, tennis) == {ALICE}
+
+
+def test_our_other_number_gets_no_reply(conn: psycopg.Connection[Any], private_worker: Any) -> None:
+    create_group(conn, "tennis", BOT_NUMBER, ALICE)
+    create_group(conn, "house", SECOND_BOT, BOB)
+
+    # A stranger notice from one number of ours, received by the other.
+    message = insert_inbound(conn, groups.STRANGER_TEXT, from_number=SECOND_BOT)
+    wait_until_handled(conn, 1)
+
+    assert replies_to(conn, message) == []
+    assert outcome_of(conn, message) == ("add", "ignored")
+
+
+def test_invite_without_digits_is_an_item(
+    conn: psycopg.Connection[Any], private_worker: Any
+) -> None:
+    tennis = create_group(conn, "tennis", BOT_NUMBER, ALICE)
+
+    message = insert_inbound(conn, "invite Bob for dinner", from_number=ALICE)
+    wait_until_handled(conn, 1)
+
+    assert replies_to(conn, message) == ["Added 1. invite Bob for dinner"]
+    assert group_items(conn, tennis) == ["invite Bob for dinner"]
+
+
+def test_worker_refuses_database_of_older_release(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    conn.execute("DELETE FROM smsworker.schema_migration WHERE name = '008_groups.sql'")
+    env = cli_env(database_url, open_list=False)
+
+    worker = run_cli("run", "--metrics-port", "0", env=env, cwd=tmp_path, timeout=60)
+    listing = run_cli("groups", "list", env=env, cwd=tmp_path)
+
+    for result in (worker, listing):
+        assert result.returncode == 1
+        assert "008_groups.sql not applied" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_migrate_prints_only_its_own_lines(database_url: str, tmp_path: Path) -> None:
+    result = run_cli("migrate", env=cli_env(database_url, open_list=False), cwd=tmp_path)
+
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        f"Schema is up to date ({len(db.migration_files())} files applied)."
+    ]
