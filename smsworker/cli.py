@@ -266,7 +266,7 @@ def migrate(database_url: str | None, data_dir: Path, open_list: bool) -> None:
     Safe to run any number of times. Creates twilio.message when no syncer
     has created it yet. The first migration without --open moves the items
     of the shared list into one group per number of ours, whose members are
-    the items' senders, and says so.
+    the items' senders, and prints what it moved.
     """
     try:
         url = resolve_database_url(database_url, data_dir)

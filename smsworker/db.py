@@ -121,7 +121,7 @@ def migrate(
     return applied
 
 
-# The prefix of the notices that say what a migration changed. PostgreSQL's
+# The prefix of the notices that report what a migration changed. PostgreSQL's
 # own notices ("relation ... already exists, skipping") are not passed on.
 NOTICE_PREFIX = "smsworker: "
 

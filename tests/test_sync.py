@@ -1,6 +1,6 @@
 """`smsworker sync`: Twilio's message list polled into twilio.message.
 
-The fake Twilio serves the list with keyset pagination; each test adds,
+The fake Twilio serves the list with keyset pagination. Each test adds,
 changes and deletes messages there and checks what the sync stored, through
 the real twilio library and a real PostgreSQL.
 """
@@ -127,9 +127,9 @@ def test_nul_character_in_body_dropped(
 def test_follows_pages_and_reads_only_the_window(
     conn: psycopg.Connection[Any], fake_twilio: FakeTwilio, make_syncer: Callable[..., Syncer]
 ) -> None:
-    # Two hours before `now` must fall on the same day, which Twilio's day
-    # filter then includes; shortly after midnight the messages are dated
-    # a little ahead.
+    # Two hours before `now` must fall on the same day, so that Twilio's day
+    # filter includes it. Shortly after midnight the messages are dated a
+    # little ahead.
     now = max(twilio_now(), twilio_now().replace(hour=3, minute=0, second=0))
     recent = [
         fake_twilio.add_inbound(
@@ -254,7 +254,7 @@ def test_rate_limited_pages_retried_after_retry_after(
     assert stored(conn, record["sid"]) is not None
 
 
-def test_failed_page_leaves_nothing_half_done_and_next_poll_continues(
+def test_failed_page_resumed_next_poll(
     conn: psycopg.Connection[Any], fake_twilio: FakeTwilio, make_syncer: Callable[..., Syncer]
 ) -> None:
     now = twilio_now()
@@ -263,7 +263,7 @@ def test_failed_page_leaves_nothing_half_done_and_next_poll_continues(
             ALICE, BOT_NUMBER, f"item {n}", date_sent=now - timedelta(seconds=n)
         )
     syncer = make_syncer(page_size=2, retry_budget_s=0.3)
-    # Answer the first page, then fail every request until the budget runs out.
+    # Serve the first page, then fail every request until the budget runs out.
     fake_twilio.hold_list_requests(after=1)
     failure: list[BaseException] = []
 
@@ -464,7 +464,7 @@ def test_sync_and_webhook_store_and_answer_once(
     )
 
 
-def test_restart_in_the_middle_of_paging_continues_from_its_page(
+def test_restart_mid_paging_resumes(
     conn: psycopg.Connection[Any],
     database_url: str,
     fake_twilio: FakeTwilio,
@@ -507,7 +507,7 @@ def test_restart_in_the_middle_of_paging_continues_from_its_page(
     assert rows == (9, 9)
 
 
-def test_run_with_sync_answers_a_message_listed_at_twilio(
+def test_run_sync_answers_listed_message(
     database_url: str,
     fake_twilio: FakeTwilio,
     start_run: Callable[..., CliProcess],
