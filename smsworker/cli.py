@@ -1034,6 +1034,7 @@ def sync_command(
     try:
         url = resolve_database_url(database_url, data_dir)
         with db.connect(url, autocommit=True) as conn, db.database_errors():
+            db.check_schema(conn, DEFAULT_CURSOR_NAME)
             sync.check_schema(conn)
         syncer = sync.Syncer(
             sync.SyncSettings(

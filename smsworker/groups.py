@@ -113,6 +113,11 @@ def create_group(conn: Connection, name: str, our_number: str, member_numbers: l
     """Create a group with its first members, all or nothing."""
     check_name(name)
     with conn.transaction():
+        row = conn.execute(queries.IS_MEMBER, {"number": our_number}).fetchone()
+        if row and row[0]:
+            raise GroupError(
+                f"{our_number} is a member of a group, so it cannot be one of our numbers"
+            )
         for number in member_numbers:
             check_not_ours(conn, number, our_number)
         row = conn.execute(

@@ -604,6 +604,11 @@ WHERE CASE WHEN %(text)s ~ '^[0-9]+$' THEN id::text = %(text)s ELSE name = %(tex
 ORDER BY id
 """
 
+# Whether a number is a member of any group, at any number of ours.
+IS_MEMBER = """
+SELECT EXISTS (SELECT 1 FROM smsworker.group_member WHERE phone_number = %(number)s)
+"""
+
 # Whether a number is one of ours: one that reaches a group.
 IS_OUR_NUMBER = """
 SELECT EXISTS (SELECT 1 FROM smsworker.list_group WHERE our_number = %(number)s)

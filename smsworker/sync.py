@@ -50,7 +50,7 @@ from smsworker import db, queries
 from smsworker.errors import ConfigurationError, DatabaseUnavailable, SmsWorkerError
 from smsworker.metrics import SyncMetrics
 from smsworker.sender import REQUEST_TIMEOUT_S, HeaderKeepingHttpClient, parse_retry_after
-from smsworker.settings import TwilioSettings
+from smsworker.settings import DEFAULT_CURSOR_NAME, TwilioSettings
 
 logger = logging.getLogger(__name__)
 
@@ -312,6 +312,9 @@ class Syncer:
         self._conn: db.Connection | None = None
         self._active = False
         self._standby_logged = False
+        # The role is taken again after each lost connection; it is logged
+        # when it changes, not each time.
+        self._active_logged = False
         self._backoff = wait_exponential_jitter(initial=1, max=30, jitter=1)
 
     def run(self) -> None:
@@ -462,6 +465,7 @@ class Syncer:
             self._conn = db.connect(
                 self.settings.database_url, autocommit=True, application_name=SYNC_CONNECTION_NAME
             )
+            db.check_schema(self._conn, DEFAULT_CURSOR_NAME)
             check_schema(self._conn)
         return self._conn
 
@@ -472,10 +476,11 @@ class Syncer:
         row = conn.execute(queries.TRY_SYNC_ROLE, {"account": self.account}).fetchone()
         self._active = row == (True,)
         self.metrics.active.set(1 if self._active else 0)
-        if self._active:
+        if self._active and not self._active_logged:
             logger.info("This process syncs account %s.", self.account)
+            self._active_logged = True
             self._standby_logged = False
-        elif not self._standby_logged:
+        elif not self._active and not self._standby_logged:
             logger.info("Another process syncs account %s; waiting as a standby.", self.account)
             self._standby_logged = True
         return self._active

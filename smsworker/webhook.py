@@ -9,8 +9,6 @@ wakes the worker through its trigger.
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 from twilio.request_validator import RequestValidator
 
 from smsworker import db, queries
-from smsworker.errors import SmsWorkerError
+from smsworker.errors import DatabaseUnavailable, SmsWorkerError
 from smsworker.logs import mask_phone_number
 
 logger = logging.getLogger(__name__)
@@ -30,14 +28,20 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 HEALTH_PATH = "/healthz"
-# Database connections kept open between requests.
+# Database connections the webhook opens at most, and how long a request
+# waits for one before it gets 503.
 POOL_SIZE = 4
+POOL_WAIT_S = 10.0
+CONNECTION_NAME = "smsworker-webhook"
 
 
 class WebhookServer(ThreadingHTTPServer):
     """An HTTP server for Twilio's webhook, writing to one database."""
 
     daemon_threads = True
+    # Twilio may open many connections at once; the default backlog of 5
+    # resets the others.
+    request_queue_size = 128
 
     def __init__(
         self, address: tuple[str, int], *, database_url: str, auth_token: str, public_url: str
@@ -49,31 +53,45 @@ class WebhookServer(ThreadingHTTPServer):
         self.path = urlsplit(public_url).path or "/"
         self._idle: list[db.Connection] = []
         self._idle_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(POOL_SIZE)
 
-    @contextmanager
-    def connection(self) -> Iterator[db.Connection]:
-        """Lend a database connection for one request, opening one when none is idle.
+    def execute(self, query: str, params: dict[str, Any] | None = None) -> int:
+        """Run one statement on a pooled connection and return its row count.
 
-        The server runs a thread per HTTP connection, so connections are kept
-        in a pool, not per thread: at most POOL_SIZE stay open between
-        requests, however many requests arrive.
+        At most POOL_SIZE connections exist, idle or in use; a request waits
+        up to POOL_WAIT_S for one. A pooled connection that the server closed
+        meanwhile (a restart, say) is replaced once before the error counts.
+        Raises DatabaseUnavailable.
         """
-        with self._idle_lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None or conn.closed:
-            conn = db.connect(
-                self.database_url, autocommit=True, application_name="smsworker-webhook"
+        if not self._slots.acquire(timeout=POOL_WAIT_S):
+            raise DatabaseUnavailable(
+                f"all {POOL_SIZE} database connections stayed busy for {POOL_WAIT_S:.0f} s"
             )
         try:
-            yield conn
-        except BaseException:
-            conn.close()
-            raise
-        with self._idle_lock:
-            if len(self._idle) < POOL_SIZE and not conn.closed:
+            with self._idle_lock:
+                conn = self._idle.pop() if self._idle else None
+            for fresh in (conn is None, True):
+                if conn is None or conn.closed:
+                    conn = db.connect(
+                        self.database_url, autocommit=True, application_name=CONNECTION_NAME
+                    )
+                try:
+                    with db.database_errors():
+                        rowcount = conn.execute(query.encode(), params).rowcount
+                    break
+                except DatabaseUnavailable:
+                    conn.close()
+                    if fresh:
+                        raise
+                except Exception:
+                    conn.close()
+                    raise
+            assert conn is not None, "the loop ends with a working connection"
+            with self._idle_lock:
                 self._idle.append(conn)
-                return
-        conn.close()
+            return rowcount
+        finally:
+            self._slots.release()
 
     def server_close(self) -> None:
         """Stop listening and close the idle database connections."""
@@ -95,8 +113,7 @@ class WebhookHandler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
             return
         try:
-            with db.database_errors(), self.server.connection() as conn:
-                conn.execute("SELECT 1")
+            self.server.execute("SELECT 1")
         except SmsWorkerError as error:
             logger.warning("Health check failed: %s", error)
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b"database unavailable\n", "text/plain")
@@ -180,9 +197,7 @@ class WebhookHandler(BaseHTTPRequestHandler):
             "num_segments": _int_or_zero(fields.get("NumSegments")) or 1,
             "uri": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json",
         }
-        with db.database_errors(), self.server.connection() as conn:
-            cursor = conn.execute(queries.INSERT_WEBHOOK_MESSAGE, row)
-        return cursor.rowcount == 1
+        return self.server.execute(queries.INSERT_WEBHOOK_MESSAGE, row) == 1
 
     def _reply(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
         self.send_response(status)

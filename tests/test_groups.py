@@ -305,6 +305,7 @@ def test_cli_creates_lists_and_changes_groups(
         (["members", "add", "tennis", BOT_NUMBER], 1, "one of our Twilio numbers"),
         (["groups", "create", "x", "--number", DAVE, "--member", DAVE], 1, "our Twilio numbers"),
         (["groups", "create", "12", "--number", DAVE, "--member", CAROL], 2, "digits only"),
+        (["groups", "create", "x", "--number", ALICE, "--member", CAROL], 1, "is a member of a"),
         (["groups", "create", "x" * 61, "--number", DAVE, "--member", CAROL], 2, "1 to 60"),
     ],
 )

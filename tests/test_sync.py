@@ -721,3 +721,16 @@ def test_sync_credentials_checked(
     assert result.returncode == 2
     assert message in result.stderr
     assert "console" not in result.stderr
+
+
+def test_sync_refuses_older_schema(
+    conn: psycopg.Connection[Any], database_url: str, fake_twilio: FakeTwilio, tmp_path: Path
+) -> None:
+    conn.execute("DELETE FROM smsworker.schema_migration WHERE name = '007_sync.sql'")
+
+    result = run_cli(
+        "sync", "--metrics-port", "0", env=cli_env(database_url, fake_twilio), cwd=tmp_path
+    )
+
+    assert result.returncode == 1
+    assert "007_sync.sql not applied" in result.stderr
