@@ -26,7 +26,7 @@ from smsworker import db, queries
 from smsworker.errors import DatabaseUnavailable, PermanentSendError, TransientSendError
 from smsworker.logs import mask_phone_number
 from smsworker.metrics import Metrics
-from smsworker.sender import Sender
+from smsworker.sender import Sender, wait_for_retry_after
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +64,11 @@ class ReplyDelivery:
         self.retry_budget_s = retry_budget_s
         self.stop_event = stop_event
         self._wakeup = threading.Condition()
-        self._backoff = wait_exponential_jitter(
-            multiplier=SEND_RETRY_INITIAL_S, max=SEND_RETRY_MAX_S, jitter=SEND_RETRY_INITIAL_S
+        self._wait = wait_for_retry_after(
+            wait_exponential_jitter(
+                multiplier=SEND_RETRY_INITIAL_S, max=SEND_RETRY_MAX_S, jitter=SEND_RETRY_INITIAL_S
+            ),
+            max_s=retry_budget_s,
         )
         self._threads: list[threading.Thread] = []
         # Cleared while the worker catches up on a backlog; see pause().
@@ -214,14 +217,6 @@ class ReplyDelivery:
             before_sleep=self._log_retry,
             reraise=True,
         )
-
-    def _wait(self, retry_state: RetryCallState) -> float:
-        """Return the delay from Twilio's Retry-After header, else an exponential backoff."""
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        if isinstance(error, TransientSendError) and error.retry_after_s is not None:
-            return min(error.retry_after_s, self.retry_budget_s)
-        return float(self._backoff(retry_state))
 
     def _log_retry(self, retry_state: RetryCallState) -> None:
         self.metrics.send_retries.inc()

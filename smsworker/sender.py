@@ -8,11 +8,13 @@ same HTTP client.
 import itertools
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Protocol, TextIO
 
 import requests
+from tenacity import RetryCallState
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
@@ -116,6 +118,26 @@ def parse_retry_after(value: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def wait_for_retry_after(
+    backoff: Callable[[RetryCallState], float], max_s: float
+) -> Callable[[RetryCallState], float]:
+    """Return a tenacity wait: the Retry-After delay the failure carries, else `backoff`.
+
+    The failure's `retry_after_s` (TransientSendError, TransientSyncError)
+    comes from Twilio's Retry-After header, and the delay is capped at `max_s`.
+    """
+
+    def wait(retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        retry_after_s = getattr(error, "retry_after_s", None)
+        if retry_after_s is not None:
+            return min(float(retry_after_s), max_s)
+        return float(backoff(retry_state))
+
+    return wait
 
 
 class ConsoleSender:

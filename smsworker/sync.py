@@ -49,7 +49,12 @@ from twilio.rest.api.v2010.account.message import MessageInstance
 from smsworker import db, queries
 from smsworker.errors import ConfigurationError, DatabaseUnavailable, SmsWorkerError
 from smsworker.metrics import SyncMetrics
-from smsworker.sender import REQUEST_TIMEOUT_S, HeaderKeepingHttpClient, parse_retry_after
+from smsworker.sender import (
+    REQUEST_TIMEOUT_S,
+    HeaderKeepingHttpClient,
+    parse_retry_after,
+    wait_for_retry_after,
+)
 from smsworker.settings import DEFAULT_CURSOR_NAME, TwilioSettings
 
 logger = logging.getLogger(__name__)
@@ -315,7 +320,9 @@ class Syncer:
         # The role is taken again after each lost connection; it is logged
         # when it changes, not each time.
         self._active_logged = False
-        self._backoff = wait_exponential_jitter(initial=1, max=30, jitter=1)
+        self._wait = wait_for_retry_after(
+            wait_exponential_jitter(initial=1, max=30, jitter=1), max_s=settings.retry_budget_s
+        )
 
     def run(self) -> None:
         """Poll every settings.interval_s seconds until stopped.
@@ -525,14 +532,6 @@ class Syncer:
     def _sleep(self, seconds: float) -> None:
         """Sleep between retries, waking at once when stopped."""
         self.stop_event.wait(seconds)
-
-    def _wait(self, retry_state: RetryCallState) -> float:
-        """Return the delay from Twilio's Retry-After header, else an exponential backoff."""
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        if isinstance(error, TransientSyncError) and error.retry_after_s is not None:
-            return min(error.retry_after_s, self.settings.retry_budget_s)
-        return float(self._backoff(retry_state))
 
     def _log_retry(self, retry_state: RetryCallState) -> None:
         self.metrics.errors.labels(kind="twilio_retried").inc()
