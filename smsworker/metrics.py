@@ -161,7 +161,7 @@ class SyncMetrics:
             "Time one sync poll took, every page of its run included.",
             registry=self.registry,
         )
-        # Every series exists from the start, at 0, so rate() sees the first change.
+        # Every series exists from the start, at 0, so rate() counts the first change.
         for change in ("inserted", "updated", "deleted"):
             self.written.labels(change=change)
         for kind in ("twilio_retried", "twilio", "database", "unexpected"):

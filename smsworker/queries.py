@@ -530,7 +530,7 @@ SET synced_from = least(synced_from, run_window_start),
 WHERE account_sid = %(account)s
 """
 
-# One sync process per account is active; this session lock says which.
+# One sync process per account is active: the one holding this session lock.
 TRY_SYNC_ROLE = """
 SELECT pg_try_advisory_lock(hashtextextended('smsworker.sync:' || %(account)s, 0))
 """
@@ -546,8 +546,9 @@ JOIN smsworker.list_group AS g ON g.id = m.group_id
 WHERE m.our_number = %(our_number)s AND m.phone_number = %(phone_number)s
 """
 
-# Add a member; returns the group the number belongs to on that number of
-# ours afterwards, which is another group when it was a member there already.
+# Add a member. Returns the group the number belongs to at that number of
+# ours afterwards, which differs from the given group when the number was a
+# member of another group there already.
 ADD_MEMBER = """
 WITH added AS (
     INSERT INTO smsworker.group_member (our_number, phone_number, group_id, invited_by)

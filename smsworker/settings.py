@@ -71,8 +71,12 @@ class Settings:
     default_region: str = "US"
 
     def __repr__(self) -> str:
-        # The database URL may carry a password.
-        fields = ", ".join(
-            f"{name}={value!r}" for name, value in vars(self).items() if name != "database_url"
-        )
-        return f"Settings({fields})"
+        return repr_without_database_url(self)
+
+
+def repr_without_database_url(settings: object) -> str:
+    """Return a settings object's repr without its database URL, which may carry a password."""
+    fields = ", ".join(
+        f"{name}={value!r}" for name, value in vars(settings).items() if name != "database_url"
+    )
+    return f"{type(settings).__name__}({fields})"

@@ -1,13 +1,14 @@
 """`smsworker sync`: list Twilio's messages and upsert them into twilio.message.
 
-Each poll lists the messages sent since an overlap before the last poll's
-newest one, newest first, following Twilio's pages. Every page commits in one
-transaction with the ids it listed and the URL of the next page. A sync
-stopped in the middle of a run therefore continues from the page it had
-reached, and a page written twice changes nothing. New messages are inserted, which wakes
-the worker through the insert trigger; changed ones (status, error, price)
-are updated; a stored message that a complete run no longer lists was
-deleted at Twilio and becomes a tombstone.
+Each poll runs a listing of the messages sent since an overlap before the
+last poll's newest one, newest first, following Twilio's pages. Every page
+commits in one transaction to a staging table, with the path of the next
+page, so a sync stopped in the middle of a run continues from the page it
+had reached. When the run ends, its rows reach twilio.message in one
+transaction. New messages are inserted, which wakes the worker through the
+insert trigger, and changed ones (status, error, price) are updated. A
+stored message that a complete run no longer lists was deleted at Twilio,
+so it becomes a tombstone.
 
 Twilio filters the list by the day a message was sent, not the second, so a
 run asks for every message since midnight of its window's start and stops
@@ -55,7 +56,7 @@ from smsworker.sender import (
     parse_retry_after,
     wait_for_retry_after,
 )
-from smsworker.settings import DEFAULT_CURSOR_NAME, TwilioSettings
+from smsworker.settings import DEFAULT_CURSOR_NAME, TwilioSettings, repr_without_database_url
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +116,7 @@ class SyncSettings:
     retry_budget_s: float = SYNC_RETRY_BUDGET_S
 
     def __repr__(self) -> str:
-        # The database URL may carry a password.
-        fields = ", ".join(
-            f"{name}={value!r}" for name, value in vars(self).items() if name != "database_url"
-        )
-        return f"SyncSettings({fields})"
+        return repr_without_database_url(self)
 
 
 @dataclass(frozen=True)
@@ -431,8 +428,8 @@ class Syncer:
                 try:
                     page = self._fetch(functools.partial(self.lister.page_at, next_url))
                 except InvalidPageError:
-                    # A page token that expired, say. The next poll starts the
-                    # run again from its window, which it lists anew.
+                    # An expired page token, for example. The next poll starts
+                    # the run again from its window, which it lists anew.
                     with db.database_errors():
                         conn.execute(queries.ABANDON_SYNC_RUN, {"account": self.account})
                     raise

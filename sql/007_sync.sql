@@ -3,9 +3,9 @@
 --
 -- A run lists the messages sent since run_window_start, newest first, one
 -- page per transaction: each page's rows go to sync_staged together with the
--- next page's URL, so a run stopped between pages continues from
+-- next page's path, so a run stopped between pages continues from
 -- run_next_page. When a run ends, its rows are written to twilio.message in
--- one transaction, and synced_until moves to the newest date_sent it saw; the
+-- one transaction, and synced_until moves to the newest date_sent it saw. The
 -- next run starts an overlap before that.
 CREATE TABLE IF NOT EXISTS smsworker.sync_state (
     account_sid text PRIMARY KEY,
@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS smsworker.sync_state (
 );
 
 -- The messages a run in progress has listed, as twilio.message rows in
--- JSON. They become visible together when the run ends, so the worker sees
+-- JSON. They become visible together when the run ends, so the worker reads
 -- the run's new messages at once and handles them in order, not newest page
 -- first. The run then marks every stored message of its window that it did
 -- not list as deleted at Twilio.

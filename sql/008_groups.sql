@@ -131,7 +131,7 @@ CREATE TABLE IF NOT EXISTS smsworker.data_migration (
 -- Before groups, there was one list shared by everyone. Its items move into
 -- one group per number they were sent to, whose members are the senders of
 -- those items. Items whose message is gone stay on the open list. The
--- notices say what moved; `smsworker migrate` prints those that start with
+-- notices report what moved; `smsworker migrate` prints those that start with
 -- "smsworker: ".
 DO $$
 DECLARE

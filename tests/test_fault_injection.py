@@ -52,7 +52,8 @@ from tests.fake_twilio import FakeTwilio
 
 SEED = int(os.environ.get("SMSWORKER_FAULT_SEED", "20251204"))
 MESSAGE_COUNT = int(os.environ.get("SMSWORKER_FAULT_MESSAGES", "300"))
-# The most copies of one reply Twilio may receive (see the module docstring).
+# The maximum number of copies of one reply that Twilio may receive (see the
+# module docstring).
 MAX_COPIES = 3
 
 SMSWORKER = Path(sys.executable).parent / "smsworker"

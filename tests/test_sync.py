@@ -201,21 +201,22 @@ def test_message_deleted_at_twilio_becomes_tombstone(
     conn: psycopg.Connection[Any], fake_twilio: FakeTwilio, make_syncer: Callable[..., Syncer]
 ) -> None:
     sent_at = twilio_now() - timedelta(minutes=5)
-    kept = fake_twilio.add_inbound(ALICE, BOT_NUMBER, "keep me", date_sent=sent_at)
-    gone = fake_twilio.add_inbound(BOB, BOT_NUMBER, "private", date_sent=sent_at)
+    kept_record = fake_twilio.add_inbound(ALICE, BOT_NUMBER, "keep me", date_sent=sent_at)
+    deleted_record = fake_twilio.add_inbound(BOB, BOT_NUMBER, "private", date_sent=sent_at)
     syncer = make_syncer()
     poll(syncer)
-    fake_twilio.delete_message(gone["sid"])
+    fake_twilio.delete_message(deleted_record["sid"])
 
     result = poll(syncer)
 
     assert result.deleted == 1
-    tombstone = stored(conn, gone["sid"])
+    tombstone = stored(conn, deleted_record["sid"])
     assert tombstone is not None
     assert tombstone["deleted"] is True
     assert {k for k, v in tombstone.items() if v is not None} == {"id", "deleted"}
-    survivor = stored(conn, kept["sid"])
-    assert survivor is not None and survivor["deleted"] is False
+    survivor = stored(conn, kept_record["sid"])
+    assert survivor is not None
+    assert survivor["deleted"] is False
 
 
 def test_newest_unlisted_message_not_deleted(
@@ -236,7 +237,8 @@ def test_newest_unlisted_message_not_deleted(
 
     assert result.deleted == 0
     row = stored(conn, fields["MessageSid"])
-    assert row is not None and row["deleted"] is False
+    assert row is not None
+    assert row["deleted"] is False
 
 
 def test_rate_limited_pages_retried_after_retry_after(
@@ -491,7 +493,8 @@ def test_restart_mid_paging_resumes(
         "SELECT run_next_page FROM smsworker.sync_state WHERE account_sid = %s",
         [fake_twilio.account_sid],
     ).fetchone()
-    assert state is not None and state[0] is not None
+    assert state is not None
+    assert state[0] is not None
     resumed_from = len(fake_twilio.list_requests)
     fake_twilio.release_list_requests()
 
