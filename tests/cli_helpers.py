@@ -194,9 +194,15 @@ def start_cli(tmp_path: Path) -> Iterator[Callable[..., CliProcess]]:
 
 @pytest.fixture
 def start_run(start_cli: Callable[..., CliProcess]) -> Callable[..., CliProcess]:
-    """Start `smsworker run` and wait for its start line."""
+    """Start `smsworker run` and wait until it prints `wait_for`, its start line by default."""
 
-    def start(env: dict[str, str], *options: str, metrics_port: int = 0) -> CliProcess:
+    def start(
+        env: dict[str, str],
+        *options: str,
+        metrics_port: int = 0,
+        poll_interval: str = NOTIFICATION_ONLY_POLL_S,
+        wait_for: str = STARTED_LINE,
+    ) -> CliProcess:
         process = start_cli(
             "run",
             "--metrics-address",
@@ -204,11 +210,11 @@ def start_run(start_cli: Callable[..., CliProcess]) -> Callable[..., CliProcess]
             "--metrics-port",
             str(metrics_port),
             "--poll-interval",
-            NOTIFICATION_ONLY_POLL_S,
+            poll_interval,
             *options,
             env=env,
         )
-        process.wait_for_output("stderr", STARTED_LINE)
+        process.wait_for_output("stderr", wait_for)
         return process
 
     return start

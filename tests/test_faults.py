@@ -8,6 +8,7 @@ anywhere but on 127.0.0.1 and the embedded servers' Unix sockets, and every
 process a test starts is killed when the test ends.
 """
 
+import functools
 import re
 import signal
 import time
@@ -60,30 +61,9 @@ POLL_INTERVAL = "1"
 
 
 @pytest.fixture
-def start_run(start_cli: Callable[..., CliProcess]) -> Callable[..., CliProcess]:
-    """Start `smsworker run`, polling every POLL_INTERVAL seconds.
-
-    By default the call returns once the worker printed its start line.
-    """
-
-    def start(
-        env: dict[str, str], *options: str, metrics_port: int = 0, wait_for: str = STARTED_LINE
-    ) -> CliProcess:
-        process = start_cli(
-            "run",
-            "--metrics-address",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics_port),
-            "--poll-interval",
-            POLL_INTERVAL,
-            *options,
-            env=env,
-        )
-        process.wait_for_stderr(wait_for)
-        return process
-
-    return start
+def start_run(start_run: Callable[..., CliProcess]) -> Callable[..., CliProcess]:
+    """Start `smsworker run` as cli_helpers.start_run does, polling every POLL_INTERVAL seconds."""
+    return functools.partial(start_run, poll_interval=POLL_INTERVAL)
 
 
 # Reading and changing the database
